@@ -1,0 +1,217 @@
+"""The ``scrobust`` command line: pretrain, train, annotate, embed, predict, demo."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+logger = logging.getLogger("scrobust_sc")
+
+
+class CLIError(Exception):
+    """A user error reported as one line, exit status 2."""
+
+
+def _read(path: str):
+    import anndata as ad
+
+    p = Path(path)
+    if not p.exists():
+        raise CLIError(f"input file not found: {path}")
+    try:
+        return ad.read_h5ad(p)
+    except Exception as err:  # noqa: BLE001 - any reader failure is a bad input file
+        raise CLIError(f"cannot read {path} as .h5ad: {err}") from None
+
+
+def _quiet_lightning(verbose: bool) -> dict:
+    if not verbose:
+        for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+    return {"enable_progress_bar": verbose}
+
+
+def _load_model(path: str, adata=None):
+    from scrobust_sc.model import SCRobust
+
+    try:
+        return SCRobust.load(path, adata=adata)
+    except (FileNotFoundError, ValueError) as err:
+        raise CLIError(str(err)) from None
+
+
+def _write(adata, path: str, csv: str | None, key: str = "scrobust") -> None:
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    adata.write_h5ad(out)
+    logger.info("wrote %s", out)
+    if csv:
+        cols = [c for c in (f"{key}_label", f"{key}_confidence") if c in adata.obs]
+        adata.obs[cols].to_csv(csv)
+        logger.info("wrote %s", csv)
+
+
+def _cmd_pretrain(args) -> None:
+    from scrobust_sc.model import SCRobust
+
+    adata = _read(args.data)
+    SCRobust.setup_anndata(adata, layer=args.layer, gene_symbols=args.gene_symbols)
+    model = SCRobust(adata, preset=args.preset)
+    model.pretrain(max_steps=args.max_steps, batch_size=args.batch_size, **_quiet_lightning(args.verbose))
+    model.save(args.out, overwrite=args.overwrite)
+    logger.info("saved model to %s", args.out)
+
+
+def _cmd_train(args) -> None:
+    from scrobust_sc.tl import fit_annotator
+
+    adata = _read(args.reference)
+    if args.labels_key not in adata.obs.columns:
+        raise CLIError(
+            f"labels column {args.labels_key!r} not in {args.reference} (obs columns: {list(adata.obs.columns)})"
+        )
+    quiet = _quiet_lightning(args.verbose)
+    model = fit_annotator(
+        adata,
+        args.labels_key,
+        layer=args.layer,
+        model_kwargs={"preset": args.preset},
+        pretrain_kwargs={"max_steps": args.max_steps, **quiet},
+        train_kwargs={"max_epochs": args.max_epochs, **quiet},
+        pretrain=args.max_steps != 0,
+    )
+    model.save(args.out, overwrite=args.overwrite)
+    logger.info("saved model to %s", args.out)
+    return model
+
+
+def _cmd_annotate(args) -> None:
+    from scrobust_sc import tl
+
+    query = _read(args.query)
+    quiet = _quiet_lightning(args.verbose)
+    if args.model:
+        model = _load_model(args.model)
+        tl.annotate(query, model=model, unknown_threshold=args.unknown_threshold)
+    else:
+        if not args.reference or not args.labels_key:
+            raise CLIError("give --model, or --reference with --labels-key")
+        reference = _read(args.reference)
+        if args.labels_key not in reference.obs.columns:
+            raise CLIError(f"labels column {args.labels_key!r} not in {args.reference}")
+        tl.annotate(
+            query,
+            reference=reference,
+            labels_key=args.labels_key,
+            layer=args.layer,
+            unknown_threshold=args.unknown_threshold,
+            max_epochs=args.max_epochs,
+            pretrain_steps=args.max_steps,
+            pretrain_kwargs=quiet,
+            train_kwargs=quiet,
+        )
+    _write(query, args.out, args.csv)
+
+
+def _cmd_embed(args) -> None:
+    from scrobust_sc import tl
+
+    adata = _read(args.data)
+    model = _load_model(args.model)
+    tl.embed(adata, model, n_genes=args.n_genes)
+    _write(adata, args.out, None)
+
+
+def _cmd_predict(args) -> None:
+    args.reference = args.labels_key = None
+    _cmd_annotate(args)
+
+
+def _cmd_demo(args) -> None:
+    from scrobust_sc._demo_job import run_demo
+
+    run_demo(Path(args.out), max_steps=args.max_steps, verbose=args.verbose)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``scrobust`` command."""
+    parser = argparse.ArgumentParser(prog="scrobust", description="scRobust cell embeddings and annotation.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="progress bars and Lightning logs")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p, *, model=False):
+        p.add_argument("--layer", default=None, help="layer holding raw counts (default: X)")
+        if model:
+            p.add_argument("--preset", default="cpu", choices=["cpu", "paper"], help="model size")
+            p.add_argument("--max-steps", type=int, default=None, help="pre-training steps (0: skip)")
+        p.add_argument("--overwrite", action="store_true", help="replace an existing output model")
+
+    p = sub.add_parser("pretrain", help="self-supervised pre-training; saves a model folder")
+    p.add_argument("data", help="input .h5ad")
+    p.add_argument("--out", required=True, help="model folder to write")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--gene-symbols", default=None, help="var column with gene names")
+    common(p, model=True)
+    p.set_defaults(func=_cmd_pretrain)
+
+    p = sub.add_parser("train", help="pre-train and fine-tune on a labelled reference; saves a model folder")
+    p.add_argument("--reference", required=True, help="labelled .h5ad")
+    p.add_argument("--labels-key", required=True, help="obs column of cell types")
+    p.add_argument("--out", required=True, help="model folder to write")
+    p.add_argument("--max-epochs", type=int, default=20)
+    common(p, model=True)
+    p.set_defaults(func=_cmd_train)
+
+    for name, helptext in (
+        ("annotate", "annotate a query (from --model, or trained on --reference)"),
+        ("predict", "annotate with a saved model"),
+    ):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("--query", required=True, help=".h5ad to annotate")
+        p.add_argument("--model", required=name == "predict", default=None, help="saved model folder")
+        if name == "annotate":
+            p.add_argument("--reference", default=None, help="labelled .h5ad to learn from")
+            p.add_argument("--labels-key", default=None, help="obs column of cell types in the reference")
+            p.add_argument("--max-epochs", type=int, default=20)
+        p.add_argument("--out", required=True, help="annotated .h5ad to write")
+        p.add_argument("--csv", default=None, help="also write labels and confidences as CSV")
+        p.add_argument("--unknown-threshold", type=float, default=0.5, help="confidence under which a cell is Unknown")
+        common(p, model=True)
+        p.set_defaults(func=_cmd_annotate if name == "annotate" else _cmd_predict)
+
+    p = sub.add_parser("embed", help="write cell embeddings (obsm['X_scrobust'])")
+    p.add_argument("data", help="input .h5ad")
+    p.add_argument("--model", required=True, help="saved model folder")
+    p.add_argument("--out", required=True, help=".h5ad to write")
+    p.add_argument("--n-genes", type=int, default=1000)
+    p.set_defaults(func=_cmd_embed)
+
+    p = sub.add_parser("demo", help="pre-train on the bundled PBMCs; embeddings, Leiden, UMAP, plots")
+    p.add_argument("--out", default="demo_output")
+    p.add_argument("--max-steps", type=int, default=2000)
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``scrobust`` command; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    start = time.perf_counter()
+    try:
+        args.func(args)
+    except CLIError as err:
+        print(f"scrobust {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except (ValueError, FileExistsError, FileNotFoundError) as err:
+        print(f"scrobust {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    logger.info("scrobust %s finished in %.1f s", args.command, time.perf_counter() - start)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

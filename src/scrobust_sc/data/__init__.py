@@ -1,0 +1,25 @@
+"""AnnData side: validation, gene ranking, query alignment, splits, demo data."""
+
+from ._alignment import GeneAlignment, align_to_genes, looks_like_ensembl, match_genes, reindex_matrix
+from ._demo import pbmc_demo
+from ._ranking import expressed_fraction, hvg_score, log_normalized_moments, unique_gene_score
+from ._splits import class_weights, stratified_validation_split
+from ._validation import check_finite_nonnegative, check_gene_names, detect_input_kind
+
+__all__ = [
+    "GeneAlignment",
+    "align_to_genes",
+    "check_finite_nonnegative",
+    "check_gene_names",
+    "class_weights",
+    "detect_input_kind",
+    "expressed_fraction",
+    "hvg_score",
+    "log_normalized_moments",
+    "looks_like_ensembl",
+    "match_genes",
+    "pbmc_demo",
+    "reindex_matrix",
+    "stratified_validation_split",
+    "unique_gene_score",
+]

@@ -1,0 +1,182 @@
+"""Aligning a query AnnData to a model's genes by name."""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+from scipy import sparse
+
+from ._validation import check_gene_names
+
+logger = logging.getLogger("scrobust_sc")
+
+_ENSEMBL = re.compile(r"^ENS[A-Z]*G\d{6,}")
+
+#: Below this share of the model's genes found in a query, alignment is refused.
+MIN_GENE_OVERLAP = 0.01
+
+
+@dataclass
+class GeneAlignment:
+    """What matching a query's genes to a model's vocabulary found."""
+
+    n_model_genes: int
+    n_found: int
+    missing: list[str]
+
+    @property
+    def share_missing(self) -> float:
+        """Share of the model's genes absent from the query."""
+        return 1.0 - self.n_found / max(self.n_model_genes, 1)
+
+    def as_dict(self) -> dict:
+        """A JSON- and ``uns``-friendly summary."""
+        return {
+            "n_model_genes": self.n_model_genes,
+            "n_genes_found": self.n_found,
+            "n_genes_missing": self.n_model_genes - self.n_found,
+            "share_missing": round(self.share_missing, 6),
+        }
+
+
+def looks_like_ensembl(names) -> bool:
+    """Whether most names look like Ensembl gene IDs (``ENSG...``, ``ENSMUSG...``).
+
+    Examples
+    --------
+    >>> looks_like_ensembl(["ENSG00000141510", "ENSG00000012048"])
+    True
+    """
+    names = [str(n) for n in list(names)[:200]]
+    return bool(names) and sum(bool(_ENSEMBL.match(n)) for n in names) > len(names) / 2
+
+
+def query_gene_names(adata: ad.AnnData, gene_symbols: str | None) -> pd.Index:
+    """The gene names of ``adata``: ``var_names`` or the ``var`` column ``gene_symbols``."""
+    if gene_symbols is None:
+        return pd.Index(adata.var_names.astype(str))
+    if gene_symbols not in adata.var.columns:
+        raise ValueError(
+            f"gene_symbols={gene_symbols!r} is not a column of adata.var (columns: {list(adata.var.columns)})."
+        )
+    return pd.Index(adata.var[gene_symbols].astype(str))
+
+
+def match_genes(query_names: pd.Index, model_genes: pd.Index, *, min_overlap: float = MIN_GENE_OVERLAP):
+    """Position of each model gene in the query (``-1`` when missing) and a report.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> pos, rep = match_genes(pd.Index(["b", "a"]), pd.Index(["a", "b", "c"]))
+    >>> pos.tolist(), rep.n_found
+    ([1, 0, -1], 2)
+    """
+    check_gene_names(query_names, where="the query's gene names")
+    position = query_names.get_indexer(model_genes)
+    found = position >= 0
+    report = GeneAlignment(len(model_genes), int(found.sum()), list(model_genes[~found]))
+    if report.n_found == 0 or report.n_found < min_overlap * len(model_genes):
+        hint = ""
+        if looks_like_ensembl(query_names) != looks_like_ensembl(model_genes):
+            hint = (
+                " The query's genes look like Ensembl IDs and the model's do not (or the reverse): pass "
+                "`gene_symbols='<var column with symbols>'`."
+            )
+        raise ValueError(
+            f"Only {report.n_found} of the model's {len(model_genes)} genes are in the query "
+            f"(e.g. model genes {list(model_genes[:3])}, query genes {list(query_names[:3])}).{hint} If the "
+            "symbols are in a column of `var`, pass `gene_symbols=` naming it; mouse and human symbols differ "
+            "in case."
+        )
+    return position, report
+
+
+def reindex_matrix(matrix, position: np.ndarray):
+    """Columns of ``matrix`` reordered to ``position``; missing genes (``-1``) become zeros.
+
+    Sparse input stays sparse; nothing is densified.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> reindex_matrix(np.array([[1, 2]]), np.array([1, -1, 0])).tolist()
+    [[2, 0, 1]]
+    """
+    n_query, n_model = matrix.shape[1], len(position)
+    found = np.flatnonzero(position >= 0)
+    selector = sparse.csr_matrix(
+        (np.ones(found.size, dtype=matrix.dtype), (position[found], found)), shape=(n_query, n_model)
+    )
+    if sparse.issparse(matrix):
+        return sparse.csr_matrix(matrix) @ selector
+    return np.asarray(selector.T @ np.asarray(matrix).T).T
+
+
+def align_to_genes(
+    adata: ad.AnnData,
+    model_genes: pd.Index,
+    *,
+    layer: str | None = None,
+    gene_symbols: str | None = None,
+) -> tuple[ad.AnnData, GeneAlignment]:
+    """A new AnnData holding ``adata``'s cells over the model's genes, in the model's order.
+
+    The user's AnnData is never modified. The matrix is shared when no reordering is
+    needed; otherwise a reordered sparse copy is made.
+
+    Parameters
+    ----------
+    adata
+        Query cells.
+    model_genes
+        The model's gene vocabulary, in order.
+    layer
+        Where the counts are (``None``: ``X``); the result keeps them at the same place.
+    gene_symbols
+        ``var`` column holding names that match the model's genes.
+
+    Returns
+    -------
+    The aligned AnnData and a :class:`GeneAlignment` report.
+
+    Examples
+    --------
+    >>> import anndata as ad, numpy as np, pandas as pd
+    >>> q = ad.AnnData(np.array([[1.0, 2.0]]), var=pd.DataFrame(index=["b", "a"]))
+    >>> aligned, rep = align_to_genes(q, pd.Index(["a", "b", "c"]))
+    >>> aligned.X.tolist(), rep.share_missing
+    ([[2.0, 1.0, 0.0]], 0.33333333333333337)
+    """
+    names = query_gene_names(adata, gene_symbols)
+    position, report = match_genes(names, model_genes)
+    matrix = adata.X if layer is None else _layer(adata, layer)
+    if matrix is None:
+        raise ValueError("adata.X is empty: pass the layer that holds the counts with `layer=`.")
+    if not np.array_equal(position, np.arange(len(model_genes))) or len(names) != len(model_genes):
+        matrix = reindex_matrix(matrix, position)
+        if report.n_found < len(model_genes):
+            logger.info(
+                "%d of the model's %d genes (%.1f%%) are missing from the query; they count as not expressed.",
+                len(model_genes) - report.n_found,
+                len(model_genes),
+                100 * report.share_missing,
+            )
+    obs = pd.DataFrame(index=adata.obs_names.copy())
+    var = pd.DataFrame(index=pd.Index(model_genes, dtype=str))
+    if layer is None:
+        aligned = ad.AnnData(X=matrix, obs=obs, var=var)
+    else:
+        aligned = ad.AnnData(X=None, obs=obs, var=var, layers={layer: matrix})
+    return aligned, report
+
+
+def _layer(adata: ad.AnnData, layer: str):
+    if layer not in adata.layers:
+        raise ValueError(f"layer {layer!r} is not in adata.layers (layers: {list(adata.layers.keys())}).")
+    return adata.layers[layer]

@@ -1,0 +1,5 @@
+"""The user-facing model class."""
+
+from ._model import PRESETS, SCRobust
+
+__all__ = ["PRESETS", "SCRobust"]

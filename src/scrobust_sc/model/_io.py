@@ -1,0 +1,158 @@
+"""Model files: weights in safetensors, everything else in plain JSON; atomic writes.
+
+Nothing here unpickles: loading a model never executes code from the files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors.torch import load_file, save_file
+
+WEIGHTS_FILE = "model.safetensors"
+META_FILE = "model.json"
+FORMAT_NAME = "scrobust-sc"
+FORMAT_VERSION = 1
+
+
+def _encode(obj):
+    """JSON-encode numpy arrays, scalars and pandas objects found in a registry."""
+    if isinstance(obj, dict):
+        return {str(k): _encode(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_encode(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return {"__ndarray__": [_encode(v) for v in obj.tolist()], "dtype": str(obj.dtype)}
+    if isinstance(obj, pd.Index):
+        return {"__ndarray__": [_encode(v) for v in obj.tolist()], "dtype": "object"}
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if obj is None or isinstance(obj, str | int | float | bool):
+        return obj
+    return str(obj)
+
+
+def _decode(obj):
+    if isinstance(obj, dict):
+        if "__ndarray__" in obj:
+            dtype = obj["dtype"]
+            return np.asarray(obj["__ndarray__"], dtype=object if dtype.startswith(("<U", "|S", "object")) else dtype)
+        return {k: _decode(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_decode(v) for v in obj]
+    return obj
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _atomic_write(target: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _history_to_json(history) -> dict:
+    if not isinstance(history, dict):
+        return {}
+    return {
+        k: {"index": [int(i) for i in v.index], "values": [float(x) for x in v.iloc[:, 0]]}
+        for k, v in history.items()
+        if isinstance(v, pd.DataFrame) and v.shape[1] == 1
+    }
+
+
+def _history_from_json(data: dict) -> dict:
+    return {k: pd.DataFrame({k: v["values"]}, index=pd.Index(v["index"], name="epoch")) for k, v in data.items()}
+
+
+def save_model_files(model, dir_path: Path, *, overwrite: bool = False) -> None:
+    """Write ``model.safetensors`` then ``model.json`` (the commit point) into ``dir_path``."""
+    from scrobust_sc import __version__
+
+    meta_path, weights_path = dir_path / META_FILE, dir_path / WEIGHTS_FILE
+    if (meta_path.exists() or weights_path.exists()) and not overwrite:
+        raise FileExistsError(f"A model is already saved in {dir_path}; pass overwrite=True to replace it.")
+    dir_path.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.module.state_dict().items()}
+    _atomic_write(weights_path, lambda tmp: save_file(state, tmp))
+    attributes = {
+        "cell_types_": list(model.cell_types_),
+        "train_params_": model.train_params_,
+        "is_trained_": bool(model.is_trained_),
+        "is_pretrained_": bool(getattr(model, "is_pretrained_", False)),
+        "is_fine_tuned_": bool(getattr(model, "is_fine_tuned_", False)),
+    }
+    meta = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "package_version": __version__,
+        "model_class": type(model).__name__,
+        "init_params": model.init_params_["non_kwargs"],
+        "gene_names": list(model.gene_names_),
+        "registry": _encode(model.registry_),
+        "attributes": _encode(attributes),
+        "history": _history_to_json(model.history_),
+        "weights_sha256": _sha256(weights_path),
+    }
+    text = json.dumps(meta, indent=1)
+    _atomic_write(meta_path, lambda tmp: Path(tmp).write_text(text))
+
+
+def load_model_files(dir_path: Path, *, expected_class: str) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Read and check a saved model; clear errors for every way the files can be wrong."""
+    if not dir_path.is_dir():
+        raise FileNotFoundError(f"No model folder at {dir_path}.")
+    meta_path, weights_path = dir_path / META_FILE, dir_path / WEIGHTS_FILE
+    if not meta_path.exists():
+        if (dir_path / "model.pt").exists():
+            raise ValueError(
+                f"{dir_path} holds a scvi-tools 'model.pt' (pickle), not a scrobust-sc model. scrobust-sc never "
+                "unpickles files; load it with the scvi-tools class that saved it."
+            )
+        raise FileNotFoundError(f"{dir_path} has no {META_FILE}: not a scrobust-sc model folder.")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{meta_path} is not valid JSON (corrupted or not a scrobust-sc model): {err}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
+        raise ValueError(f"{meta_path} is not a scrobust-sc model file.")
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise ValueError(
+            f"{dir_path} was saved in format {meta['format_version']} by scrobust-sc {meta.get('package_version')}; "
+            "upgrade scrobust-sc to load it."
+        )
+    if meta.get("model_class") != expected_class:
+        raise ValueError(
+            f"{dir_path} holds a {meta.get('model_class')} model, not {expected_class}: load it with "
+            f"{meta.get('model_class')}.load."
+        )
+    if not weights_path.exists():
+        raise FileNotFoundError(f"{weights_path} is missing: the save was interrupted or the folder is incomplete.")
+    if meta.get("weights_sha256") and _sha256(weights_path) != meta["weights_sha256"]:
+        raise ValueError(f"{weights_path} does not match {META_FILE} (checksum differs): the file is corrupted.")
+    try:
+        state = load_file(str(weights_path))
+    except Exception as err:  # safetensors raises its own error types
+        raise ValueError(f"{weights_path} cannot be read as safetensors (corrupted?): {err}") from None
+    meta["registry"] = _decode(meta["registry"])
+    meta["attributes"] = _decode(meta["attributes"])
+    meta["attributes"]["history_"] = _history_from_json(meta.get("history", {}))
+    return meta, state

@@ -1,0 +1,776 @@
+"""The user-facing model class: AnnData in, embeddings and cell types out."""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import torch
+from scvi import REGISTRY_KEYS, settings
+from scvi.data import AnnDataManager
+from scvi.data._constants import _SETUP_ARGS_KEY
+from scvi.data.fields import CategoricalObsField, LabelsWithUnlabeledObsField, LayerField
+from scvi.dataloaders import DataSplitter
+from scvi.model.base import BaseModelClass
+
+from scrobust_sc._constants import GENE_SELECTIONS, UNKNOWN_LABEL
+from scrobust_sc.data._alignment import align_to_genes
+from scrobust_sc.data._ranking import expressed_fraction, hvg_score
+from scrobust_sc.data._splits import class_weights, stratified_validation_split
+from scrobust_sc.data._validation import check_finite_nonnegative, check_gene_names, detect_input_kind
+from scrobust_sc.module import SCRobustModule, default_view_size
+from scrobust_sc.train import ClassifierPlan, PretrainingPlan, StageRunner
+
+from ._io import load_model_files, save_model_files
+
+logger = logging.getLogger("scrobust_sc")
+
+#: Encoder sizes. ``"cpu"`` trains in minutes on a laptop; ``"paper"`` is the published model.
+PRESETS: dict[str, dict] = {
+    "cpu": {"d_model": 128, "n_heads": 4, "n_layers": 1},
+    "paper": {"d_model": 512, "n_heads": 8, "n_layers": 1},
+}
+#: Optimiser steps of pre-training when neither ``max_epochs`` nor ``max_steps`` is given.
+DEFAULT_PRETRAIN_STEPS = 2000
+
+
+def _labels_state(registry: dict) -> dict:
+    return registry["field_registries"][REGISTRY_KEYS.LABELS_KEY]["state_registry"]
+
+
+class SCRobust(BaseModelClass):
+    """scRobust: a Transformer over gene tokens scaled by expression.
+
+    Pre-trained without labels (two random gene views per cell, contrastive loss plus
+    expression prediction), then optionally fine-tuned for cell-type annotation.
+
+    Parameters
+    ----------
+    adata
+        AnnData registered with :meth:`setup_anndata`.
+    registry
+        Internal: a saved registry, used by :meth:`load` when no AnnData is given.
+    preset
+        ``"cpu"`` (d 128, 4 heads, 1 layer) or ``"paper"`` (d 512, 8 heads, 1 layer).
+    d_model, n_heads, n_layers
+        Override the preset's sizes.
+    dropout
+        Dropout rate of the encoder and heads.
+    value_encoding
+        ``"mlp"`` (default) adds a learned encoding of each expression value to its token so
+        that values reach the cell embedding; ``"published"`` is the paper's token, which a
+        pre-LayerNorm encoder makes blind to values.
+    norm_first
+        Pre-LayerNorm blocks (published) or post-LayerNorm.
+    n_view_genes
+        Genes per random view in pre-training; ``None``: 10% of the mean number of expressed
+        genes per cell, clipped to 32-128.
+    temperature
+        NT-Xent temperature.
+    value_augmentation
+        Strength of the random value rescaling of each pre-training view (0: off). It stops
+        the encoder matching views by sequencing depth instead of cell identity.
+
+    Examples
+    --------
+    >>> import scrobust_sc as scrobust
+    >>> adata = scrobust.data.pbmc_demo()
+    >>> scrobust.model.SCRobust.setup_anndata(adata)
+    >>> model = scrobust.model.SCRobust(adata, d_model=32, n_heads=2)
+    >>> model.pretrain(max_steps=2, batch_size=16)  # doctest: +SKIP
+    """
+
+    _module_cls = SCRobustModule
+    _training_plan_cls = PretrainingPlan
+    _data_splitter_cls = DataSplitter
+    _train_runner_cls = StageRunner
+
+    def __init__(
+        self,
+        adata: ad.AnnData | None = None,
+        registry: dict | None = None,
+        *,
+        preset: Literal["cpu", "paper"] = "cpu",
+        d_model: int | None = None,
+        n_heads: int | None = None,
+        n_layers: int | None = None,
+        dropout: float = 0.1,
+        value_encoding: Literal["mlp", "published"] = "mlp",
+        norm_first: bool = True,
+        n_view_genes: int | None = None,
+        temperature: float = 0.07,
+        value_augmentation: float = 0.7,
+    ):
+        super().__init__(adata, registry)
+        if preset not in PRESETS:
+            raise ValueError(f"preset must be one of {list(PRESETS)}, not {preset!r}.")
+        sizes = {**PRESETS[preset]}
+        for key, value in {"d_model": d_model, "n_heads": n_heads, "n_layers": n_layers}.items():
+            if value is not None:
+                sizes[key] = int(value)
+        setup_args = self.registry_[_SETUP_ARGS_KEY]
+        labels = _labels_state(self.registry_)
+        if setup_args.get("labels_key") is None:
+            self.cell_types_ = []
+        else:
+            self.cell_types_ = [str(c) for c in labels["categorical_mapping"] if c != labels["unlabeled_category"]]
+        n_genes = int(self.summary_stats.n_vars)
+
+        scores = None
+        if adata is not None:
+            counts = self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
+            input_is_log = bool(setup_args["is_log_normalized"])
+            fraction = expressed_fraction(counts)
+            scores = (1.0 - fraction, hvg_score(counts, input_is_log=input_is_log))
+            if n_view_genes is None:
+                n_view_genes = default_view_size(float(fraction.sum()))
+            self.gene_names_ = list(self._registered_gene_names(adata, setup_args.get("gene_symbols")))
+        if n_view_genes is None:
+            raise ValueError("n_view_genes must be given when the model is built without AnnData.")
+
+        self.module = self._module_cls(
+            n_genes,
+            n_labels=len(self.cell_types_) if setup_args.get("labels_key") is not None else 0,
+            dropout=dropout,
+            value_encoding=value_encoding,
+            norm_first=norm_first,
+            n_view_genes=int(n_view_genes),
+            temperature=temperature,
+            input_is_log=bool(setup_args["is_log_normalized"]),
+            value_augmentation=value_augmentation,
+            **sizes,
+        )
+        if scores is not None:
+            self.module.unique_score.copy_(torch.as_tensor(scores[0], dtype=torch.float32))
+            self.module.hvg_score.copy_(torch.as_tensor(scores[1], dtype=torch.float32))
+        self.train_params_: dict = {}
+        self._model_summary_string = (
+            f"SCRobust: d_model {sizes['d_model']}, {sizes['n_heads']} heads, {sizes['n_layers']} layer(s), "
+            f"{n_genes} genes, views of {n_view_genes} genes, value encoding {value_encoding!r}, "
+            f"{len(self.cell_types_)} cell types."
+        )
+        self.init_params_ = {
+            "kwargs": {},
+            "non_kwargs": {
+                **sizes,
+                "preset": preset,
+                "dropout": dropout,
+                "value_encoding": value_encoding,
+                "norm_first": norm_first,
+                "n_view_genes": int(n_view_genes),
+                "temperature": temperature,
+                "value_augmentation": value_augmentation,
+            },
+        }
+
+    # ------------------------------------------------------------------ set-up
+    @classmethod
+    def setup_anndata(
+        cls,
+        adata: ad.AnnData,
+        layer: str | None = None,
+        batch_key: str | None = None,
+        labels_key: str | None = None,
+        gene_symbols: str | None = None,
+        is_log_normalized: bool | None = None,
+        unlabeled_category: str = UNKNOWN_LABEL,
+        **kwargs,
+    ) -> None:
+        """Register and validate an AnnData for scRobust.
+
+        Raw counts are expected and normalised per cell (to 1e4, then ``log1p``) inside the
+        model, one mini-batch at a time; log-normalised data are detected (non-integer values
+        up to 30) and accepted with a logged note. Cells without any expressed gene are kept
+        and embedded from the CLS token alone.
+
+        Adds ``obs["_scvi_batch"]``, ``obs["_scvi_labels"]`` and ``uns["_scvi_uuid"]``,
+        ``uns["_scvi_manager_uuid"]`` (the scvi-tools registration); nothing else changes.
+
+        Parameters
+        ----------
+        adata
+            Cells x genes.
+        layer
+            Layer holding the counts; ``None`` uses ``X``.
+        batch_key
+            ``obs`` column of batches (recorded; the encoder does not condition on it).
+        labels_key
+            ``obs`` column of cell types, for fine-tuning. Cells labelled
+            ``unlabeled_category`` are unlabelled; ``NaN`` is refused (mark such cells).
+        gene_symbols
+            ``var`` column whose values name the genes (the model's vocabulary); default
+            ``var_names``.
+        is_log_normalized
+            ``None`` detects the scale; ``True`` or ``False`` asserts it (checked).
+        unlabeled_category
+            Label value of unlabelled cells.
+        **kwargs
+            Passed to :meth:`scvi.data.AnnDataManager.register_fields`.
+
+        Examples
+        --------
+        >>> import scrobust_sc as scrobust
+        >>> adata = scrobust.data.pbmc_demo()
+        >>> scrobust.model.SCRobust.setup_anndata(adata, labels_key="cell_type")
+        """
+        setup_method_args = cls._get_setup_method_args(**locals())
+        if adata.n_obs == 0 or adata.n_vars == 0:
+            raise ValueError(f"The AnnData is empty ({adata.n_obs} cells x {adata.n_vars} genes).")
+        if adata.isbacked:
+            raise ValueError(
+                "Training needs the counts in memory: load with `sc.read_h5ad(path)` (not backed='r'). "
+                "Embedding and prediction accept any AnnData with the model's genes."
+            )
+        matrix = adata.X if layer is None else adata.layers[layer] if layer in adata.layers else None
+        if matrix is None:
+            where = "adata.X is None" if layer is None else f"layer {layer!r} is not in adata.layers"
+            raise ValueError(f"{where}: pass the layer that holds the counts with `layer=`.")
+        where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+        check_finite_nonnegative(matrix, where=where)
+        resolved = detect_input_kind(matrix, is_log_normalized=is_log_normalized, where=where)
+        check_gene_names(cls._registered_gene_names(adata, gene_symbols))
+        for key in (batch_key, labels_key):
+            if key is not None and key not in adata.obs.columns:
+                raise ValueError(f"{key!r} is not a column of adata.obs (columns: {list(adata.obs.columns)}).")
+        if labels_key is not None:
+            n_missing = int(adata.obs[labels_key].isna().sum())
+            if n_missing:
+                raise ValueError(
+                    f"adata.obs[{labels_key!r}] has {n_missing} missing labels (NaN). Mark unlabelled cells with "
+                    f"{unlabeled_category!r} (e.g. `adata.obs[key] = adata.obs[key].astype(object)"
+                    f".fillna({unlabeled_category!r})`), or use `scrobust.tl.annotate`, which does this itself."
+                )
+        fields = [
+            LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=False),
+            CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key),
+            LabelsWithUnlabeledObsField(REGISTRY_KEYS.LABELS_KEY, labels_key, unlabeled_category)
+            if labels_key is not None
+            else CategoricalObsField(REGISTRY_KEYS.LABELS_KEY, None),
+        ]
+        setup_method_args[_SETUP_ARGS_KEY]["is_log_normalized"] = resolved
+        adata_manager = AnnDataManager(fields=fields, setup_method_args=setup_method_args)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*fewer than 3 cells.*")
+            adata_manager.register_fields(adata, **kwargs)
+        cls.register_manager(adata_manager)
+
+    @staticmethod
+    def _registered_gene_names(adata: ad.AnnData, gene_symbols: str | None = None) -> pd.Index:
+        if gene_symbols is None:
+            return pd.Index(adata.var_names.astype(str))
+        if gene_symbols not in adata.var.columns:
+            raise ValueError(
+                f"gene_symbols={gene_symbols!r} is not a column of adata.var (columns: {list(adata.var.columns)})."
+            )
+        return pd.Index(adata.var[gene_symbols].astype(str))
+
+    # --------------------------------------------------------------- queries
+    @property
+    def _setup_args(self) -> dict:
+        return self.registry_[_SETUP_ARGS_KEY]
+
+    def _validate_anndata(self, adata: ad.AnnData | None = None, copy_if_view: bool = True) -> ad.AnnData:
+        """Return an AnnData aligned to the model's genes and registered with its set-up."""
+        if adata is None:
+            if self.adata is None:
+                raise ValueError("This model has no AnnData attached (it was loaded without one): pass `adata=`.")
+            return super()._validate_anndata(None, copy_if_view)
+        if adata is self.adata or self._is_aligned(adata):
+            return super()._validate_anndata(adata, copy_if_view)
+        aligned, report = self.align_query(adata)
+        self.last_alignment_ = report.as_dict()
+        return super()._validate_anndata(aligned, copy_if_view)
+
+    def _is_aligned(self, adata: ad.AnnData) -> bool:
+        """Whether ``adata`` was made by :meth:`align_query` for this model's genes."""
+        return "scrobust_alignment" in adata.uns and adata.var_names.equals(pd.Index(self.gene_names_))
+
+    def align_query(self, adata: ad.AnnData, gene_symbols: str | None = None):
+        """A new AnnData with ``adata``'s cells over the model's genes, plus a report.
+
+        Genes are matched by name (``var_names``, or the ``var`` column ``gene_symbols``,
+        defaulting to the one used at set-up), reordered, and missing genes count as not
+        expressed. The user's AnnData is not modified.
+
+        Examples
+        --------
+        >>> aligned, report = model.align_query(query)  # doctest: +SKIP
+        >>> report.share_missing  # doctest: +SKIP
+        0.25
+        """
+        layer = self._setup_args.get("layer")
+        symbols = gene_symbols if gene_symbols is not None else self._setup_args.get("gene_symbols")
+        if symbols is not None and symbols not in adata.var.columns:
+            symbols = None
+        aligned, report = align_to_genes(adata, pd.Index(self.gene_names_), layer=layer, gene_symbols=symbols)
+        matrix = aligned.X if layer is None else aligned.layers[layer]
+        check_finite_nonnegative(matrix, where="the query's expression matrix")
+        if matrix.shape[0] and (matrix.nnz if hasattr(matrix, "nnz") else np.count_nonzero(matrix)):
+            detect_input_kind(
+                matrix, is_log_normalized=self._setup_args["is_log_normalized"], where="the query's expression matrix"
+            )
+        if self._setup_args.get("gene_symbols") is not None:
+            aligned.var[self._setup_args["gene_symbols"]] = aligned.var_names
+        labels_key = self._setup_args.get("labels_key")
+        if labels_key is not None:
+            aligned.obs[labels_key] = _labels_state(self.registry_)["unlabeled_category"]
+        batch_key = self._setup_args.get("batch_key")
+        if batch_key is not None:
+            batch = self.registry_["field_registries"][REGISTRY_KEYS.BATCH_KEY]["state_registry"]
+            aligned.obs[batch_key] = batch["categorical_mapping"][0]
+        aligned.uns["scrobust_alignment"] = report.as_dict()
+        return aligned, report
+
+    # --------------------------------------------------------------- training
+    def _fit(
+        self,
+        plan,
+        indices: Sequence[np.ndarray] | None,
+        *,
+        max_epochs: int,
+        batch_size: int,
+        validation_size: float,
+        drop_last: bool,
+        accelerator,
+        devices,
+        datasplitter_kwargs,
+        trainer_kwargs,
+        monitor: str,
+    ):
+        splitter_kwargs = {"batch_size": batch_size, "drop_last": drop_last, **(datasplitter_kwargs or {})}
+        if indices is None:
+            splitter = self._data_splitter_cls(
+                self.adata_manager,
+                train_size=1.0 - validation_size if validation_size else 1.0,
+                validation_size=validation_size or None,
+                **splitter_kwargs,
+            )
+        else:
+            splitter = self._data_splitter_cls(self.adata_manager, external_indexing=list(indices), **splitter_kwargs)
+        trainer_kwargs = dict(trainer_kwargs)
+        trainer_kwargs.setdefault("early_stopping", False)
+        trainer_kwargs.setdefault("early_stopping_monitor", monitor)
+        trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
+        if settings.num_threads is not None:
+            torch.set_num_threads(settings.num_threads)
+        self.module.train()
+        runner = self._train_runner_cls(
+            self,
+            training_plan=plan,
+            data_splitter=splitter,
+            max_epochs=max_epochs,
+            accelerator=accelerator,
+            devices=devices,
+            **trainer_kwargs,
+        )
+        return runner()
+
+    def _batch_size_for(self, n_cells: int, batch_size: int, minimum: int = 2) -> int:
+        if n_cells < minimum:
+            raise ValueError(f"Training needs at least {minimum} cells, got {n_cells}.")
+        if batch_size > n_cells:
+            logger.info("batch_size %d is larger than the %d training cells: using %d.", batch_size, n_cells, n_cells)
+            return n_cells
+        return batch_size
+
+    def pretrain(
+        self,
+        max_epochs: int | None = None,
+        *,
+        max_steps: int | None = None,
+        lr: float = 1e-3,
+        batch_size: int = 32,
+        validation_size: float = 0.1,
+        early_stopping: bool = False,
+        accelerator: str = "auto",
+        devices: int | list[int] | str = "auto",
+        plan_kwargs: dict | None = None,
+        datasplitter_kwargs: dict | None = None,
+        **trainer_kwargs,
+    ) -> None:
+        """Self-supervised pre-training on all registered cells (labels are not used).
+
+        Parameters
+        ----------
+        max_epochs
+            Passes over the data. When ``None``, derived from ``max_steps``.
+        max_steps
+            Optimiser-step budget (default 2,000 when ``max_epochs`` is also ``None``);
+            contrastive learning needs steps, not epochs.
+        lr
+            Peak learning rate (AdamW; linear warm-up over 10% of the steps, at most 500,
+            then cosine decay).
+        batch_size
+            Cells per mini-batch (two views each). Clipped to the number of cells.
+        validation_size
+            Share of cells held out for the validation losses.
+        early_stopping
+            Stop when ``validation_loss`` stops improving.
+        accelerator, devices
+            Lightning device settings (``"cpu"``, ``"gpu"``; several GPUs with
+            ``strategy="ddp_find_unused_parameters_true"``).
+        plan_kwargs
+            Passed to :class:`~scrobust_sc.train.PretrainingPlan`.
+        datasplitter_kwargs
+            Passed to :class:`scvi.dataloaders.DataSplitter`.
+        **trainer_kwargs
+            Passed to :class:`scvi.train.Trainer` (e.g. ``enable_progress_bar=False``).
+
+        Examples
+        --------
+        >>> model.pretrain(max_steps=500)  # doctest: +SKIP
+        >>> model.history["contrastive_loss_train"].tail()  # doctest: +SKIP
+        """
+        n_cells = self.adata.n_obs
+        n_train = n_cells - (math.ceil(validation_size * n_cells) if validation_size else 0)
+        batch_size = self._batch_size_for(n_train, batch_size)
+        steps_per_epoch = max(n_train // batch_size, 1)
+        if max_epochs is None:
+            max_epochs = math.ceil((max_steps or DEFAULT_PRETRAIN_STEPS) / steps_per_epoch)
+        elif max_steps is not None:
+            trainer_kwargs["max_steps"] = max_steps
+        if max_steps is not None:
+            trainer_kwargs.setdefault("max_steps", max_steps)
+        plan = PretrainingPlan(self.module, lr=lr, **(plan_kwargs or {}))
+        self.train_params_["pretrain"] = {
+            "max_epochs": max_epochs,
+            "max_steps": max_steps,
+            "lr": lr,
+            "batch_size": batch_size,
+        }
+        self._fit(
+            plan,
+            None,
+            max_epochs=max_epochs,
+            batch_size=batch_size,
+            validation_size=validation_size,
+            drop_last=True,
+            accelerator=accelerator,
+            devices=devices,
+            datasplitter_kwargs=datasplitter_kwargs,
+            trainer_kwargs=trainer_kwargs,
+            monitor="validation_loss",
+        )
+        self.is_pretrained_ = True
+
+    def train(
+        self,
+        max_epochs: int = 20,
+        *,
+        lr: float = 5e-4,
+        batch_size: int = 32,
+        n_genes: int = 800,
+        gene_selection: str = "mixed",
+        class_weight: str | None = "sqrt",
+        validation_size: float = 0.1,
+        freeze_encoder: bool = False,
+        keep_best: bool = True,
+        label_smoothing: float = 0.0,
+        accelerator: str = "auto",
+        devices: int | list[int] | str = "auto",
+        plan_kwargs: dict | None = None,
+        datasplitter_kwargs: dict | None = None,
+        **trainer_kwargs,
+    ) -> None:
+        """Fine-tune for cell-type annotation on the labelled cells.
+
+        Each cell's input is its first ``n_genes`` expressed genes chosen by
+        ``gene_selection``: ``"unique"`` (highly unique genes, the paper), ``"mixed"`` (half
+        highly unique, half most expressed; default, better measured), ``"expressed"``,
+        ``"hvg"`` or ``"random"``. A 2-layer classifier reads the CLS output. The validation
+        split is stratified and keeps rare types; the weights of the epoch with the best
+        validation macro-F1 are restored at the end.
+
+        Parameters
+        ----------
+        max_epochs
+            Passes over the labelled training cells.
+        lr
+            Peak learning rate (warm-up then cosine decay).
+        batch_size
+            Cells per mini-batch.
+        n_genes
+            Genes per cell (``k``).
+        gene_selection
+            See above.
+        class_weight
+            ``"sqrt"`` (default), ``"balanced"`` or ``None``: weights of rare types in the loss.
+        validation_size
+            Share of each type held out to choose the epoch; 0 keeps the last epoch.
+        freeze_encoder
+            Train the classifier only (the paper's novel-type setting).
+        keep_best
+            Restore the best validation epoch (else keep the last).
+        label_smoothing
+            Cross-entropy label smoothing.
+        accelerator, devices, plan_kwargs, datasplitter_kwargs, **trainer_kwargs
+            As in :meth:`pretrain`.
+
+        Examples
+        --------
+        >>> model.train(max_epochs=10)  # doctest: +SKIP
+        """
+        if self.module.classifier is None:
+            raise ValueError(
+                "No cell-type labels were registered: call `SCRobust.setup_anndata(adata, labels_key=...)` "
+                "before creating the model."
+            )
+        if gene_selection not in GENE_SELECTIONS:
+            raise ValueError(f"gene_selection must be one of {GENE_SELECTIONS}, not {gene_selection!r}.")
+        codes = np.asarray(self.adata_manager.get_from_registry(REGISTRY_KEYS.LABELS_KEY)).ravel()
+        n_classes = len(self.cell_types_)
+        labelled = np.flatnonzero(codes < n_classes)
+        if labelled.size == 0:
+            raise ValueError("No labelled cells: every cell carries the unlabelled category.")
+        present = np.unique(codes[labelled])
+        if present.size < 2:
+            raise ValueError(
+                f"Fine-tuning needs at least 2 cell types; the labels hold only {self.cell_types_[present[0]]!r}."
+            )
+        train_pos, val_pos = stratified_validation_split(codes[labelled], validation_size, seed=settings.seed or 0)
+        train_idx, val_idx = labelled[train_pos], labelled[val_pos]
+        batch_size = self._batch_size_for(train_idx.size, batch_size, minimum=1)
+        weights = class_weights(codes[train_idx], n_classes, class_weight)
+        self.module.class_weight.copy_(torch.as_tensor(weights, dtype=torch.float32))
+        for p in self.module.encoder.parameters():
+            p.requires_grad_(not freeze_encoder)
+        plan = ClassifierPlan(
+            self.module,
+            lr=lr,
+            gene_selection=gene_selection,
+            n_genes=n_genes,
+            label_smoothing=label_smoothing,
+            keep_best=keep_best,
+            **(plan_kwargs or {}),
+        )
+        self.train_params_["train"] = {
+            "max_epochs": max_epochs,
+            "lr": lr,
+            "batch_size": batch_size,
+            "n_genes": n_genes,
+            "gene_selection": gene_selection,
+            "class_weight": class_weight,
+            "freeze_encoder": freeze_encoder,
+        }
+        drop_last = train_idx.size > batch_size
+        try:
+            self._fit(
+                plan,
+                [train_idx, val_idx, np.array([], dtype=int)],
+                max_epochs=max_epochs,
+                batch_size=batch_size,
+                validation_size=validation_size,
+                drop_last=drop_last,
+                accelerator=accelerator,
+                devices=devices,
+                datasplitter_kwargs=datasplitter_kwargs,
+                trainer_kwargs=trainer_kwargs,
+                monitor="classification_loss_validation",
+            )
+        finally:
+            for p in self.module.encoder.parameters():
+                p.requires_grad_(True)
+            if plan.restore_best():
+                self.train_params_["train"]["best_epoch"] = int(plan.best_epoch) + 1
+                self.train_params_["train"]["best_validation_f1_macro"] = float(plan.best_score)
+            self.module.eval()
+        self.is_fine_tuned_ = True
+
+    # --------------------------------------------------------------- inference
+    def _batches(self, adata: ad.AnnData | None, indices, batch_size: int):
+        adata = self._validate_anndata(adata)
+        loader = self._make_data_loader(adata=adata, indices=indices, batch_size=batch_size)
+        self.module.eval()
+        for tensors in loader:
+            yield {k: v.to(self.device) for k, v in tensors.items()}
+
+    @torch.inference_mode()
+    def get_latent_representation(
+        self,
+        adata: ad.AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        *,
+        layer: int = -1,
+        gene_selection: str = "unique",
+        n_genes: int = 1000,
+        batch_size: int = 256,
+    ) -> np.ndarray:
+        """Cell embeddings: the CLS output of an encoder layer.
+
+        Parameters
+        ----------
+        adata
+            Cells to embed (default: the registered AnnData). Another AnnData is aligned to
+            the model's genes by name; missing genes are reported and count as not expressed.
+        indices
+            Subset of cells.
+        layer
+            Encoder layer (1-based, or negative from the end).
+        gene_selection
+            Each cell's input genes: ``"unique"`` (its highly unique genes, the paper),
+            ``"mixed"``, ``"expressed"``, ``"hvg"`` or ``"random"``.
+        n_genes
+            Genes per cell.
+        batch_size
+            Cells per mini-batch.
+
+        Returns
+        -------
+        ``(n_cells, d_model)`` float32 array.
+
+        Examples
+        --------
+        >>> adata.obsm["X_scrobust"] = model.get_latent_representation()  # doctest: +SKIP
+        """
+        if gene_selection not in GENE_SELECTIONS:
+            raise ValueError(f"gene_selection must be one of {GENE_SELECTIONS}, not {gene_selection!r}.")
+        self.module.encoder._resolve_layer(layer)
+        out = [
+            self.module.inference(t, gene_selection=gene_selection, n_genes=n_genes, layer=layer)["z"].float().cpu()
+            for t in self._batches(adata, indices, batch_size)
+        ]
+        return torch.cat(out).numpy()
+
+    @torch.inference_mode()
+    def predict_proba(self, adata: ad.AnnData | None = None, indices=None, *, batch_size: int = 256) -> pd.DataFrame:
+        """Class probabilities, cells x cell types.
+
+        Examples
+        --------
+        >>> model.predict_proba(query).idxmax(axis=1)  # doctest: +SKIP
+        """
+        if self.module.classifier is None:
+            raise ValueError("This model has no classifier: fine-tune it with labels first (`model.train`).")
+        params = self.train_params_.get("train", {})
+        selection, n_genes = params.get("gene_selection", "mixed"), params.get("n_genes", 800)
+        chunks, names = [], None
+        for t in self._batches(adata, indices, batch_size):
+            chunks.append(torch.softmax(self.module.classify(t, selection, n_genes).float(), dim=1).cpu())
+        names = (adata if adata is not None else self.adata).obs_names
+        if indices is not None:
+            names = names[np.asarray(indices)]
+        return pd.DataFrame(torch.cat(chunks).numpy(), index=names, columns=self.cell_types_)
+
+    def predict(
+        self,
+        adata: ad.AnnData | None = None,
+        indices=None,
+        *,
+        soft: bool = False,
+        unknown_threshold: float | None = None,
+        allowed_labels: Sequence[str] | None = None,
+        batch_size: int = 256,
+    ):
+        """Predicted cell types, ``"Unknown"`` where the confidence is below a threshold.
+
+        The confidence of a cell is its largest class probability.
+
+        Parameters
+        ----------
+        adata, indices, batch_size
+            Cells to annotate, as in :meth:`get_latent_representation`.
+        soft
+            Return the probabilities (a DataFrame) instead of labels.
+        unknown_threshold
+            Cells with confidence below it are called ``"Unknown"``; ``None`` never does.
+        allowed_labels
+            Restrict predictions to these cell types (probabilities renormalised over them).
+
+        Returns
+        -------
+        Labels (``numpy`` array of str), or the probability DataFrame when ``soft``.
+
+        Examples
+        --------
+        >>> labels = model.predict(query, unknown_threshold=0.5)  # doctest: +SKIP
+        """
+        proba = self.predict_proba(adata, indices, batch_size=batch_size)
+        if allowed_labels is not None:
+            unknown = sorted(set(allowed_labels) - set(proba.columns))
+            if unknown:
+                raise ValueError(
+                    f"allowed_labels not among the model's cell types: {unknown}. Known: {list(proba.columns)}"
+                )
+            proba = proba[list(allowed_labels)]
+            proba = proba.div(proba.sum(axis=1).clip(lower=1e-12), axis=0)
+        if soft:
+            return proba
+        labels = proba.columns.to_numpy()[proba.to_numpy().argmax(axis=1)].astype(object)
+        if unknown_threshold is not None:
+            labels[proba.to_numpy().max(axis=1) < unknown_threshold] = UNKNOWN_LABEL
+        return labels.astype(str)
+
+    # --------------------------------------------------------------- save / load
+    def save(self, dir_path: str | Path, *, overwrite: bool = False, **kwargs) -> None:
+        """Save weights (safetensors) and settings, vocabulary, gene ranking (JSON), atomically.
+
+        Parameters
+        ----------
+        dir_path
+            Folder to write ``model.safetensors`` and ``model.json`` into.
+        overwrite
+            Replace a model already saved there (refused by default).
+
+        Examples
+        --------
+        >>> model.save("pbmc_model/")  # doctest: +SKIP
+        """
+        if kwargs:
+            raise TypeError(f"Unexpected arguments: {sorted(kwargs)} (AnnData is not saved with the model).")
+        save_model_files(self, Path(dir_path), overwrite=overwrite)
+
+    @classmethod
+    def load(
+        cls,
+        dir_path: str | Path,
+        adata: ad.AnnData | None = None,
+        *,
+        accelerator: str = "cpu",
+        device: str | int = "auto",
+        **kwargs,
+    ):
+        """Load a saved model; never executes code from the files.
+
+        Parameters
+        ----------
+        dir_path
+            Folder written by :meth:`save`.
+        adata
+            Optional AnnData to attach (aligned to the model's genes by name).
+        accelerator, device
+            Where to place the weights.
+
+        Examples
+        --------
+        >>> model = SCRobust.load("pbmc_model/", adata=adata)  # doctest: +SKIP
+        """
+        meta, state = load_model_files(Path(dir_path), expected_class=cls.__name__)
+        model = cls(adata=None, registry=meta["registry"], **meta["init_params"])
+        model.gene_names_ = meta["gene_names"]
+        missing, unexpected = model.module.load_state_dict(state, strict=False)
+        if unexpected or [k for k in missing if not k.startswith("classifier")]:
+            raise ValueError(
+                f"{dir_path}: the weights do not fit the saved settings "
+                f"(missing {missing[:5]}, unexpected {unexpected[:5]}). The file is corrupted."
+            )
+        for name, value in meta["attributes"].items():
+            setattr(model, name, value)
+        model.is_trained_ = bool(meta["attributes"].get("is_trained_", True))
+        model.module.eval()
+        if accelerator != "cpu" or device != "auto":
+            from scvi.model._utils import parse_device_args
+
+            _, _, torch_device = parse_device_args(accelerator=accelerator, devices=device, return_device="torch")
+            model.module.to(torch_device)
+        if adata is not None:
+            aligned = model._validate_anndata(adata)
+            model._adata = aligned
+            model._adata_manager = model.get_anndata_manager(aligned)
+        return model

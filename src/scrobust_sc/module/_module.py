@@ -1,0 +1,191 @@
+"""The scvi-tools module: pure torch, one mini-batch at a time."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from scvi import REGISTRY_KEYS
+from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
+
+from scrobust_sc._constants import GENE_SELECTIONS
+from scrobust_sc.nn import (
+    GeneTransformer,
+    masked_mse,
+    mlp_head,
+    normalize_batch,
+    nt_xent_loss,
+    sample_random_genes,
+    select_mixed_genes,
+    select_ranked_genes,
+    trim_padding,
+)
+
+
+class SCRobustModule(BaseModuleClass):
+    """scRobust encoder with its pre-training and classification heads.
+
+    Parameters
+    ----------
+    n_genes
+        Vocabulary size (genes of the training data).
+    n_labels
+        Number of cell types of the classifier head (0: no classifier).
+    d_model, n_heads, n_layers, dropout, value_encoding, norm_first
+        Encoder settings, see :class:`~scrobust_sc.nn.GeneTransformer`.
+    n_view_genes
+        Genes per random view in pre-training.
+    temperature
+        NT-Xent temperature.
+    input_is_log
+        Whether the registered data are already log-normalised.
+    value_augmentation
+        Scale of the random per-view factor ``exp(U(-a, a))`` applied to normalised values
+        before ``log1p``; the per-gene noise is ``exp(N(0, (a / 1.75)^2))``. 0 turns it off.
+    """
+
+    def __init__(
+        self,
+        n_genes: int,
+        n_labels: int = 0,
+        *,
+        d_model: int = 128,
+        n_heads: int = 4,
+        n_layers: int = 1,
+        dropout: float = 0.1,
+        value_encoding: str = "mlp",
+        norm_first: bool = True,
+        n_view_genes: int = 64,
+        temperature: float = 0.07,
+        input_is_log: bool = False,
+        value_augmentation: float = 0.7,
+    ):
+        super().__init__()
+        self.n_genes = n_genes
+        self.n_view_genes = n_view_genes
+        self.temperature = temperature
+        self.input_is_log = input_is_log
+        self.value_augmentation = value_augmentation
+        self.encoder = GeneTransformer(n_genes, d_model, n_heads, n_layers, dropout, value_encoding, norm_first)
+        self.contrastive_head = mlp_head(d_model, d_model, dropout=dropout)
+        self.expression_head = mlp_head(d_model, d_model, dropout=dropout)
+        self.n_labels = n_labels
+        self.classifier = mlp_head(d_model, n_labels, dropout=dropout) if n_labels > 0 else None
+        # gene orderings, computed from the training data and saved with the weights
+        self.register_buffer("unique_score", torch.zeros(n_genes))
+        self.register_buffer("hvg_score", torch.zeros(n_genes))
+        self.register_buffer("class_weight", torch.ones(max(n_labels, 1)))
+
+    # ---- inputs -----------------------------------------------------------------
+    def _normalized(self, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+        x = tensors[REGISTRY_KEYS.X_KEY].to(torch.float32)
+        return normalize_batch(x, input_is_log=self.input_is_log)
+
+    def select_genes(self, normalized: torch.Tensor, gene_selection: str, n_genes: int):
+        """Choose each cell's input genes: ``(idx, values, valid)`` with padding trimmed."""
+        expressed = normalized > 0
+        values = torch.log1p(normalized)
+        if gene_selection == "unique":
+            idx, valid = select_ranked_genes(expressed, self.unique_score, n_genes)
+        elif gene_selection == "hvg":
+            idx, valid = select_ranked_genes(expressed, self.hvg_score, n_genes)
+        elif gene_selection == "expressed":
+            idx, valid = select_ranked_genes(expressed, values, n_genes)
+        elif gene_selection == "mixed":
+            idx, valid = select_mixed_genes(expressed, values, self.unique_score, n_genes)
+        elif gene_selection == "random":
+            idx, valid = sample_random_genes(expressed, n_genes)
+        else:
+            raise ValueError(f"gene_selection must be one of {GENE_SELECTIONS}; got {gene_selection!r}.")
+        idx, valid = trim_padding(idx, valid)
+        vals = values.gather(1, idx) * valid
+        return idx, vals, valid
+
+    # ---- scvi-tools module interface ----------------------------------------------
+    def _get_inference_input(self, tensors, **kwargs):
+        return {"tensors": tensors}
+
+    def _get_generative_input(self, tensors, inference_outputs, **kwargs):
+        return {}
+
+    @auto_move_data
+    def inference(self, tensors, gene_selection: str = "unique", n_genes: int = 1000, layer: int = -1):
+        """Cell embeddings (CLS output of ``layer``) for the cells' selected genes."""
+        idx, vals, valid = self.select_genes(self._normalized(tensors), gene_selection, n_genes)
+        return {"z": self.encoder(idx, vals, valid, layer=layer)}
+
+    def generative(self, *args, **kwargs):
+        """No generative model: scRobust is an encoder."""
+        return {}
+
+    def loss(self, tensors, inference_outputs=None, generative_outputs=None, **kwargs) -> LossOutput:
+        """Self-supervised pre-training loss (contrastive + expression prediction)."""
+        return self.pretraining_loss(tensors)
+
+    def sample(self, *args, **kwargs):
+        """Not available: scRobust does not model counts."""
+        raise NotImplementedError("scRobust is not a generative model.")
+
+    # ---- pre-training -------------------------------------------------------------
+    def _augment(self, normalized_values: torch.Tensor) -> torch.Tensor:
+        a = self.value_augmentation
+        if not self.training or a <= 0:
+            return torch.log1p(normalized_values)
+        b = normalized_values.shape[0]
+        cell_factor = torch.empty(b, 1, device=normalized_values.device).uniform_(-a, a)
+        gene_noise = torch.randn_like(normalized_values) * (a / 1.75)
+        return torch.log1p(normalized_values * torch.exp(cell_factor + gene_noise))
+
+    def pretraining_loss(self, tensors: dict[str, torch.Tensor]) -> LossOutput:
+        """Two random views per cell; NT-Xent on their CLS outputs plus expression prediction."""
+        normalized = self._normalized(tensors)
+        expressed = normalized > 0
+        idx1, valid1 = trim_padding(*sample_random_genes(expressed, self.n_view_genes))
+        idx2, valid2 = trim_padding(*sample_random_genes(expressed, self.n_view_genes))
+        v1 = self._augment(normalized.gather(1, idx1)) * valid1
+        v2 = self._augment(normalized.gather(1, idx2)) * valid2
+        h1 = self.encoder(idx1, v1, valid1)
+        h2 = self.encoder(idx2, v2, valid2)
+        contrastive = nt_xent_loss(self.contrastive_head(h1), self.contrastive_head(h2), self.temperature)
+        g = self.expression_head(h1)
+        predicted = torch.einsum("bd,bld->bl", g, self.encoder.embedding.gene_vectors(idx2))
+        target = torch.log1p(normalized.gather(1, idx2)) * valid2
+        expression = masked_mse(predicted, target, valid2)
+        return LossOutput(
+            loss=contrastive + expression,
+            n_obs_minibatch=normalized.shape[0],
+            extra_metrics={"contrastive_loss": contrastive.detach(), "expression_loss": expression.detach()},
+        )
+
+    # ---- classification ------------------------------------------------------------
+    def classify(self, tensors, gene_selection: str, n_genes: int) -> torch.Tensor:
+        """Class logits ``(B, n_labels)`` from the CLS output."""
+        if self.classifier is None:
+            raise RuntimeError("This model has no classifier: register labels_key in setup_anndata.")
+        idx, vals, valid = self.select_genes(self._normalized(tensors), gene_selection, n_genes)
+        return self.classifier(self.encoder(idx, vals, valid))
+
+    def classification_loss(self, tensors, gene_selection: str, n_genes: int, label_smoothing: float = 0.0):
+        """Cross-entropy over labelled cells (label index ``< n_labels``)."""
+        logits = self.classify(tensors, gene_selection, n_genes)
+        labels = tensors[REGISTRY_KEYS.LABELS_KEY].view(-1).long()
+        labelled = labels < self.n_labels
+        if not bool(labelled.any()):
+            zero = logits.sum() * 0.0
+            return zero, logits, labels, labelled
+        loss = F.cross_entropy(
+            logits[labelled], labels[labelled], weight=self.class_weight, label_smoothing=label_smoothing
+        )
+        return loss, logits, labels, labelled
+
+
+def default_view_size(mean_expressed_genes: float, lower: int = 32, upper: int = 128) -> int:
+    """View size tied to the data: 10% of the mean number of expressed genes, clipped.
+
+    Examples
+    --------
+    >>> default_view_size(900.0)
+    90
+    """
+    return int(min(upper, max(lower, math.floor(0.1 * mean_expressed_genes + 0.5))))

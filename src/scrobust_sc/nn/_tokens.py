@@ -1,0 +1,155 @@
+"""Token selection on dense mini-batch tensors, on the batch's device.
+
+Every function works on a whole mini-batch at once (no Python loop over cells).
+A selection returns gene indices ``(B, L)`` and a validity mask ``(B, L)``;
+invalid positions are padding and must be masked by the encoder.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from scrobust_sc._constants import TARGET_SUM
+
+
+def normalize_batch(x: torch.Tensor, *, input_is_log: bool, target_sum: float = TARGET_SUM) -> torch.Tensor:
+    """Return counts scaled to ``target_sum`` per cell (before the log).
+
+    Parameters
+    ----------
+    x
+        ``(B, G)`` raw counts, or ``log1p`` of normalised counts when ``input_is_log``.
+    input_is_log
+        Whether ``x`` is already ``log1p(normalize_total(counts))``.
+    target_sum
+        Library size after normalisation.
+
+    Returns
+    -------
+    ``(B, G)`` normalised, not yet log-transformed, values. Cells with no counts stay zero.
+
+    Examples
+    --------
+    >>> import torch
+    >>> normalize_batch(torch.tensor([[1.0, 3.0]]), input_is_log=False)
+    tensor([[2500., 7500.]])
+    """
+    if input_is_log:
+        return torch.expm1(x)
+    library = x.sum(dim=1, keepdim=True).clamp_min(1e-8)
+    return x / library * target_sum
+
+
+def _top_positions(keys: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices of the ``n`` largest keys per row; ``-inf`` keys mark padding."""
+    n = min(n, keys.shape[1])
+    top_keys, idx = torch.topk(keys, n, dim=1, sorted=True)
+    return idx, torch.isfinite(top_keys)
+
+
+def sample_random_genes(expressed: torch.Tensor, n: int, generator: torch.Generator | None = None):
+    """Draw up to ``n`` distinct expressed genes per cell, uniformly at random.
+
+    Sampling is without replacement (random keys then ``topk``, equivalent to
+    ``torch.multinomial`` over the non-zero mask). A cell with fewer than ``n``
+    expressed genes keeps all of them and the remaining positions are padding.
+
+    Parameters
+    ----------
+    expressed
+        ``(B, G)`` boolean mask of non-zero genes.
+    n
+        Number of genes per view.
+    generator
+        Optional random generator.
+
+    Returns
+    -------
+    ``(idx, valid)``: ``(B, min(n, G))`` gene indices and validity mask.
+
+    Examples
+    --------
+    >>> import torch
+    >>> idx, valid = sample_random_genes(torch.tensor([[True, False, True]]), 2)
+    >>> sorted(idx[0].tolist())
+    [0, 2]
+    """
+    keys = torch.rand(expressed.shape, device=expressed.device, generator=generator)
+    keys = keys.masked_fill(~expressed, float("-inf"))
+    return _top_positions(keys, n)
+
+
+def select_ranked_genes(expressed: torch.Tensor, gene_score: torch.Tensor, n: int):
+    """Each cell's first ``n`` expressed genes in the order of a global gene score.
+
+    Parameters
+    ----------
+    expressed
+        ``(B, G)`` boolean mask of non-zero genes.
+    gene_score
+        ``(G,)`` score shared by all cells, or ``(B, G)`` per cell; higher comes first
+        (for highly unique genes: the fraction of
+        zeros of the gene in the training data).
+    n
+        Genes per cell.
+
+    Returns
+    -------
+    ``(idx, valid)`` as in :func:`sample_random_genes`, in score order.
+
+    Examples
+    --------
+    >>> import torch
+    >>> mask = torch.tensor([[True, True, False, True]])
+    >>> idx, valid = select_ranked_genes(mask, torch.tensor([0.1, 0.9, 1.0, 0.5]), 2)
+    >>> idx.tolist(), valid.tolist()
+    ([[1, 3]], [[True, True]])
+    """
+    keys = gene_score.to(torch.float32).expand(expressed.shape).masked_fill(~expressed, float("-inf"))
+    return _top_positions(keys, n)
+
+
+def select_mixed_genes(expressed: torch.Tensor, values: torch.Tensor, gene_score: torch.Tensor, n: int):
+    """Half of the genes by a global score (highly unique first), half by expression.
+
+    The first ``n // 2`` positions are the cell's top genes by ``gene_score``; the rest
+    are its most expressed genes among those not chosen yet.
+
+    Examples
+    --------
+    >>> import torch
+    >>> mask = torch.tensor([[True, True, True, True]])
+    >>> vals = torch.tensor([[5.0, 0.1, 0.2, 3.0]])
+    >>> idx, valid = select_mixed_genes(mask, vals, torch.tensor([0.0, 0.9, 0.8, 0.1]), 2)
+    >>> idx.tolist()
+    [[1, 0]]
+    """
+    n = min(n, expressed.shape[1])
+    n_unique = n // 2
+    idx_u, valid_u = select_ranked_genes(expressed, gene_score, n_unique)
+    taken = torch.zeros_like(expressed)
+    taken.scatter_(1, idx_u, valid_u)
+    keys = values.to(torch.float32).masked_fill(~expressed | taken, float("-inf"))
+    idx_e, valid_e = _top_positions(keys, n - n_unique)
+    idx = torch.cat([idx_u, idx_e], dim=1)
+    valid = torch.cat([valid_u, valid_e], dim=1)
+    # valid positions first, so that trimming keeps every real token
+    order = torch.argsort((~valid).to(torch.int8), dim=1, stable=True)
+    return idx.gather(1, order), valid.gather(1, order)
+
+
+def trim_padding(idx: torch.Tensor, valid: torch.Tensor, *others: torch.Tensor):
+    """Cut the columns after the batch's longest real input.
+
+    Requires the valid positions of each row to come first (as every selector here returns).
+
+    Examples
+    --------
+    >>> import torch
+    >>> idx, valid = trim_padding(torch.tensor([[3, 0, 0]]), torch.tensor([[True, False, False]]))
+    >>> idx.tolist()
+    [[3]]
+    """
+    length = int(valid.sum(dim=1).max().item()) if valid.numel() else 0
+    length = max(length, 1)
+    return (idx[:, :length], valid[:, :length], *(t[:, :length] for t in others))

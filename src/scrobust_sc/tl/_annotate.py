@@ -1,0 +1,219 @@
+"""``scrobust.tl.annotate``: cell types in one call."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from scrobust_sc._constants import DEFAULT_KEY, EMBEDDING_KEY, UNKNOWN_LABEL
+
+logger = logging.getLogger("scrobust_sc")
+
+#: Default confidence (largest class probability) under which a cell is called "Unknown".
+DEFAULT_UNKNOWN_THRESHOLD = 0.5
+
+
+def _training_view(adata: ad.AnnData, labels_key: str, layer: str | None) -> ad.AnnData:
+    """A light AnnData sharing ``adata``'s counts, with NaN labels marked unlabelled."""
+    if labels_key not in adata.obs.columns:
+        raise ValueError(
+            f"labels_key={labels_key!r} is not a column of adata.obs (columns: {list(adata.obs.columns)})."
+        )
+    labels = adata.obs[labels_key].astype(object)
+    labels = labels.where(labels.notna(), UNKNOWN_LABEL).astype(str)
+    if (labels == UNKNOWN_LABEL).all():
+        raise ValueError(f"adata.obs[{labels_key!r}] has no labelled cell (all NaN or {UNKNOWN_LABEL!r}).")
+    obs = pd.DataFrame({labels_key: pd.Categorical(labels)}, index=adata.obs_names.copy())
+    matrix = adata.X if layer is None else adata.layers[layer] if layer in adata.layers else None
+    if matrix is None:
+        raise ValueError(f"layer {layer!r} is not in adata.layers (layers: {list(adata.layers.keys())}).")
+    var = pd.DataFrame(index=adata.var_names.copy())
+    if layer is None:
+        return ad.AnnData(X=matrix, obs=obs, var=var)
+    return ad.AnnData(X=None, obs=obs, var=var, layers={layer: matrix})
+
+
+def fit_annotator(
+    reference: ad.AnnData,
+    labels_key: str,
+    *,
+    layer: str | None = None,
+    model_kwargs: dict | None = None,
+    pretrain_kwargs: dict | None = None,
+    train_kwargs: dict | None = None,
+    pretrain: bool = True,
+):
+    """Pre-train on all cells of ``reference`` and fine-tune on its labelled cells.
+
+    Cells whose label is NaN or ``"Unknown"`` are used for pre-training only.
+
+    Examples
+    --------
+    >>> model = fit_annotator(reference, "cell_type")  # doctest: +SKIP
+    """
+    from scrobust_sc.model import SCRobust
+
+    work = _training_view(reference, labels_key, layer)
+    SCRobust.setup_anndata(work, layer=layer, labels_key=labels_key)
+    model = SCRobust(work, **(model_kwargs or {}))
+    if pretrain:
+        model.pretrain(**(pretrain_kwargs or {}))
+    model.train(**(train_kwargs or {}))
+    return model
+
+
+def write_annotation(
+    target: ad.AnnData,
+    proba: pd.DataFrame,
+    *,
+    key_added: str,
+    unknown_threshold: float | None,
+    allowed_labels: Sequence[str] | None,
+) -> None:
+    """Write labels, confidences and probabilities of ``proba`` into ``target``."""
+    if allowed_labels is not None:
+        missing = sorted(set(allowed_labels) - set(proba.columns))
+        if missing:
+            raise ValueError(
+                f"allowed_labels not among the model's cell types: {missing}. Known: {list(proba.columns)}"
+            )
+        proba = proba[list(allowed_labels)]
+        proba = proba.div(proba.sum(axis=1).clip(lower=1e-12), axis=0)
+    values = proba.to_numpy()
+    confidence = values.max(axis=1)
+    labels = proba.columns.to_numpy()[values.argmax(axis=1)].astype(object)
+    if unknown_threshold is not None:
+        labels[confidence < unknown_threshold] = UNKNOWN_LABEL
+    categories = list(proba.columns) + ([UNKNOWN_LABEL] if UNKNOWN_LABEL not in proba.columns else [])
+    target.obs[f"{key_added}_label"] = pd.Categorical(labels.astype(str), categories=categories)
+    target.obs[f"{key_added}_confidence"] = confidence.astype(np.float32)
+    target.obsm[f"{key_added}_probabilities"] = values.astype(np.float32)
+
+
+def annotate(
+    adata: ad.AnnData,
+    *,
+    labels_key: str | None = None,
+    model=None,
+    reference: ad.AnnData | None = None,
+    layer: str | None = None,
+    unknown_threshold: float | None = DEFAULT_UNKNOWN_THRESHOLD,
+    allowed_labels: Sequence[str] | None = None,
+    key_added: str = DEFAULT_KEY,
+    embedding_key: str | None = EMBEDDING_KEY,
+    max_epochs: int = 20,
+    pretrain_steps: int | None = None,
+    model_kwargs: dict | None = None,
+    train_kwargs: dict | None = None,
+    pretrain_kwargs: dict | None = None,
+    copy: bool = False,
+) -> ad.AnnData | None:
+    """Annotate cell types with scRobust in one call.
+
+    Three ways in:
+
+    * ``labels_key`` only: the labelled cells of ``adata`` (non-NaN, not ``"Unknown"``)
+      teach the model; every cell of ``adata`` is pre-trained on and annotated.
+    * ``reference`` and ``labels_key``: a model is trained on ``reference`` and annotates
+      ``adata``, whose genes are matched by name.
+    * ``model``: a trained model (e.g. ``SCRobust.load(...)``) annotates ``adata``.
+
+    Writes ``obs[f"{key_added}_label"]`` (categorical; ``"Unknown"`` where the confidence
+    is below ``unknown_threshold``), ``obs[f"{key_added}_confidence"]`` (largest class
+    probability), ``obsm[f"{key_added}_probabilities"]`` (cells x types, columns in
+    ``uns[key_added]["cell_types"]``), ``obsm[embedding_key]`` and ``uns[key_added]``
+    (parameters and the gene-matching report).
+
+    Parameters
+    ----------
+    adata
+        Cells to annotate (raw counts in ``X`` or ``layer``).
+    labels_key
+        ``obs`` column of known cell types (in ``reference`` when given, else in ``adata``).
+    model
+        A fine-tuned :class:`~scrobust_sc.model.SCRobust`; nothing is trained.
+    reference
+        Labelled AnnData to learn from.
+    layer
+        Layer with the counts, in ``adata`` and ``reference``.
+    unknown_threshold
+        Confidence under which a cell is ``"Unknown"``; ``None`` never rejects.
+    allowed_labels
+        Restrict the predictions to these cell types.
+    key_added
+        Prefix of the written keys.
+    embedding_key
+        ``obsm`` key for the embedding; ``None`` skips it.
+    max_epochs
+        Fine-tuning epochs.
+    pretrain_steps
+        Pre-training optimiser steps (default of :meth:`~scrobust_sc.model.SCRobust.pretrain`);
+        0 skips pre-training.
+    model_kwargs, train_kwargs, pretrain_kwargs
+        Passed to the model, :meth:`~scrobust_sc.model.SCRobust.train` and
+        :meth:`~scrobust_sc.model.SCRobust.pretrain`.
+    copy
+        Return an annotated copy instead of writing into ``adata``.
+
+    Returns
+    -------
+    ``None``, or the annotated copy when ``copy=True``. The trained model is in
+    ``uns[key_added]`` only by its parameters; use :func:`fit_annotator` to keep it.
+
+    Examples
+    --------
+    >>> import scrobust_sc as scrobust
+    >>> adata = scrobust.data.pbmc_demo()
+    >>> scrobust.tl.annotate(adata, labels_key="cell_type")  # doctest: +SKIP
+    >>> adata.obs["scrobust_label"].value_counts()  # doctest: +SKIP
+    """
+    if model is None:
+        if labels_key is None:
+            raise ValueError("Pass labels_key= (with or without reference=), or a trained model=.")
+        source = reference if reference is not None else adata
+        pre = dict(pretrain_kwargs or {})
+        if pretrain_steps is not None and pretrain_steps > 0:
+            pre.setdefault("max_steps", pretrain_steps)
+        train = {"max_epochs": max_epochs, **(train_kwargs or {})}
+        model = fit_annotator(
+            source,
+            labels_key,
+            layer=layer,
+            model_kwargs=model_kwargs,
+            pretrain_kwargs=pre,
+            train_kwargs=train,
+            pretrain=pretrain_steps != 0,
+        )
+        query = model.adata if reference is None else adata
+    else:
+        query = adata
+    if model.module.classifier is None or not getattr(model, "is_fine_tuned_", False):
+        raise ValueError("The model is not fine-tuned for cell types: train it with labels (`model.train`).")
+    proba = model.predict_proba(query)
+    report = getattr(model, "last_alignment_", None) if query is not model.adata else None
+    target = adata.copy() if copy else adata
+    write_annotation(
+        target, proba, key_added=key_added, unknown_threshold=unknown_threshold, allowed_labels=allowed_labels
+    )
+    if embedding_key is not None:
+        target.obsm[embedding_key] = model.get_latent_representation(query)
+    target.uns[key_added] = {
+        "params": {
+            "labels_key": labels_key,
+            "unknown_threshold": unknown_threshold,
+            "allowed_labels": list(allowed_labels) if allowed_labels is not None else None,
+            "layer": layer,
+            "embedding_key": embedding_key,
+            "train": {k: v for k, v in model.train_params_.get("train", {}).items() if v is not None},
+        },
+        "cell_types": list(proba.columns if allowed_labels is None else allowed_labels),
+    }
+    if report is not None:
+        target.uns[key_added]["gene_alignment"] = dict(report)
+    n_unknown = int((target.obs[f"{key_added}_label"] == UNKNOWN_LABEL).sum())
+    logger.info("Annotated %d cells; %d called %r.", target.n_obs, n_unknown, UNKNOWN_LABEL)
+    return target if copy else None

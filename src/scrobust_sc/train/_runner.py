@@ -1,0 +1,32 @@
+"""Training runner that keeps the history of every stage."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scvi.train import TrainRunner
+from scvi.train._trainrunner import _safe_load_logger_history
+
+
+class StageRunner(TrainRunner):
+    """scvi-tools ``TrainRunner`` whose history appends runs and adds new keys.
+
+    The stock runner drops metrics that the first run did not log, which loses the
+    fine-tuning metrics after pre-training.
+    """
+
+    def _update_history(self):
+        if not self.trainer.is_global_zero:
+            if self.model.history_ is None:
+                self.model.history_ = {}
+            return
+        new = _safe_load_logger_history(self.trainer) or {}
+        history = self.model.history_ if isinstance(self.model.history_, dict) else {}
+        for key, frame in new.items():
+            if key in history:
+                start = len(history[key])
+                frame.index = pd.Index(np.arange(start, start + len(frame)), name=history[key].index.name)
+                history[key] = pd.concat([history[key], frame])
+            else:
+                history[key] = frame
+        self.model.history_ = history

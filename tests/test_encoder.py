@@ -1,0 +1,76 @@
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from scrobust_sc.nn import GeneTransformer
+
+
+def _inputs(b=3, length=7, n_genes=20, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.stack([torch.randperm(n_genes, generator=g)[:length] for _ in range(b)])
+    values = torch.rand(b, length, generator=g) * 3 + 0.1
+    valid = torch.ones(b, length, dtype=torch.bool)
+    return idx, values, valid
+
+
+@pytest.mark.parametrize("n_layers", [1, 2])
+@pytest.mark.parametrize("value_encoding", ["mlp", "published"])
+@settings(max_examples=15, deadline=None)
+@given(extra=st.integers(1, 9), seed=st.integers(0, 100))
+def test_padding_never_changes_the_output(n_layers, value_encoding, extra, seed):
+    torch.manual_seed(seed)
+    enc = GeneTransformer(20, 16, 2, n_layers, value_encoding=value_encoding).eval()
+    idx, values, valid = _inputs(seed=seed)
+    ref = enc(idx, values, valid)
+    pad_idx = torch.cat([idx, torch.randint(0, 20, (3, extra))], dim=1)
+    pad_val = torch.cat([values, torch.rand(3, extra) * 5], dim=1)  # garbage in the padding
+    pad_valid = torch.cat([valid, torch.zeros(3, extra, dtype=torch.bool)], dim=1)
+    torch.testing.assert_close(enc(pad_idx, pad_val, pad_valid), ref, rtol=1e-5, atol=1e-5)
+    _, attn = enc(pad_idx, pad_val, pad_valid, return_attention=True)
+    assert torch.all(attn[:, -extra:] == 0)
+
+
+@pytest.mark.parametrize("n_layers", [1, 2, 3])
+def test_changing_one_value_changes_the_cls_output(n_layers):
+    torch.manual_seed(0)
+    enc = GeneTransformer(20, 16, 2, n_layers, value_encoding="mlp").eval()
+    idx, values, valid = _inputs()
+    changed = values.clone()
+    changed[:, 2] *= 3.0
+    for layer in range(1, n_layers + 1):
+        a, b = enc(idx, values, valid, layer=layer), enc(idx, changed, valid, layer=layer)
+        assert torch.all((a - b).norm(dim=1) > 1e-4 * a.norm(dim=1))
+
+
+def test_published_one_layer_pre_ln_encoder_is_blind_to_values():
+    # METHOD.md section 12: LayerNorm cancels the value scaling; kept as a documented option
+    torch.manual_seed(0)
+    enc = GeneTransformer(20, 16, 2, 1, value_encoding="published").eval()
+    idx, values, valid = _inputs()
+    torch.testing.assert_close(enc(idx, values, valid), enc(idx, values * 5.0, valid), rtol=1e-4, atol=1e-4)
+
+
+def test_cls_only_last_layer_equals_full_computation():
+    torch.manual_seed(0)
+    enc = GeneTransformer(20, 16, 2, 2).eval()
+    idx, values, valid = _inputs()
+    x = enc.embedding(idx, values)
+    keep = torch.ones(3, 8, dtype=torch.bool)
+    for block in enc.blocks:
+        x, _ = block(x, keep)
+    torch.testing.assert_close(enc(idx, values, valid), x[:, 0])
+
+
+def test_attention_is_a_distribution_over_tokens():
+    enc = GeneTransformer(20, 16, 2, 1).eval()
+    idx, values, valid = _inputs()
+    _, attn = enc(idx, values, valid, return_attention=True)
+    assert attn.shape == idx.shape
+    assert torch.all(attn >= 0) and torch.all(attn.sum(1) <= 1 + 1e-6)  # the CLS token takes the rest
+
+
+def test_bad_layer_is_refused():
+    enc = GeneTransformer(20, 16, 2, 2)
+    with pytest.raises(ValueError, match="layer must be"):
+        enc(*_inputs(), layer=3)

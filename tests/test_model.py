@@ -1,0 +1,167 @@
+import anndata as ad
+import numpy as np
+import pytest
+import scvi
+from sklearn.model_selection import cross_val_score
+from sklearn.neighbors import KNeighborsClassifier
+
+import scrobust_sc as scrobust
+from scrobust_sc import SCRobust
+
+from .conftest import QUIET, TINY
+
+
+def _knn_accuracy(z, labels):
+    return cross_val_score(KNeighborsClassifier(15), z, labels, cv=5).mean()
+
+
+def test_pretraining_beats_random_weights_on_knn(pbmc, seeded):
+    """Labels never reach pre-training; the embeddings must still separate cell types."""
+    SCRobust.setup_anndata(pbmc)
+    model = SCRobust(pbmc)
+    labels = pbmc.obs["cell_type_coarse"].to_numpy()
+    random_acc = _knn_accuracy(model.get_latent_representation(), labels)
+    model.pretrain(max_steps=800, batch_size=64, **QUIET)
+    trained_acc = _knn_accuracy(model.get_latent_representation(), labels)
+    hist = model.history["contrastive_loss_train"].iloc[:, 0].to_numpy()
+    assert hist[-1] < hist[0]  # the loss went down
+    assert np.log(2 * 32 - 1) - hist[-1] > 0.3  # and clearly below chance
+    assert trained_acc > random_acc + 0.1, (random_acc, trained_acc)
+
+
+def test_history_has_no_elbo_columns(small_pbmc, seeded):
+    SCRobust.setup_anndata(small_pbmc)
+    model = SCRobust(small_pbmc, **TINY)
+    model.pretrain(max_epochs=2, batch_size=16, **QUIET)
+    keys = set(model.history)
+    assert {
+        "contrastive_loss_train",
+        "expression_loss_train",
+        "contrastive_loss_validation",
+        "expression_loss_validation",
+        "validation_loss",
+    } <= keys
+    assert not any("elbo" in k or "kl_" in k for k in keys)
+
+
+def test_seed_gives_identical_losses_and_embeddings(small_pbmc):
+    runs = []
+    for _ in range(2):
+        scvi.settings.seed = 7
+        a = small_pbmc.copy()
+        SCRobust.setup_anndata(a)
+        model = SCRobust(a, **TINY)
+        model.pretrain(max_steps=15, batch_size=16, **QUIET)
+        runs.append((model.history["train_loss"].to_numpy(), model.get_latent_representation()))
+    np.testing.assert_array_equal(runs[0][0], runs[1][0])
+    np.testing.assert_array_equal(runs[0][1], runs[1][1])
+
+
+def test_save_load_round_trip(small_pbmc, tmp_path, seeded):
+    SCRobust.setup_anndata(small_pbmc)
+    model = SCRobust(small_pbmc, **TINY)
+    model.pretrain(max_steps=5, batch_size=16, **QUIET)
+    before = model.get_latent_representation()
+    model.save(tmp_path / "m")
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        model.save(tmp_path / "m")
+    model.save(tmp_path / "m", overwrite=True)
+    loaded = SCRobust.load(tmp_path / "m", adata=small_pbmc)
+    np.testing.assert_allclose(loaded.get_latent_representation(), before, rtol=1e-5, atol=1e-6)
+    # without AnnData: embeds any AnnData with the model's genes
+    bare = SCRobust.load(tmp_path / "m")
+    np.testing.assert_allclose(bare.get_latent_representation(small_pbmc), before, rtol=1e-5, atol=1e-6)
+    assert list(bare.history) == list(model.history)
+    np.testing.assert_array_equal(bare.module.unique_score.numpy(), model.module.unique_score.numpy())
+
+
+def test_loading_another_model_class_fails_clearly(small_pbmc, tmp_path):
+    SCRobust.setup_anndata(small_pbmc)
+    SCRobust(small_pbmc, **TINY).save(tmp_path / "m")
+
+    class OtherModel(SCRobust):
+        pass
+
+    with pytest.raises(ValueError, match="holds a SCRobust model, not OtherModel"):
+        OtherModel.load(tmp_path / "m")
+    scvi_dir = tmp_path / "scvi"
+    scvi_dir.mkdir()
+    (scvi_dir / "model.pt").write_bytes(b"\x80\x04not really")
+    with pytest.raises(ValueError, match="never unpickles"):
+        SCRobust.load(scvi_dir)
+
+
+def test_query_in_other_gene_order_is_reindexed(small_pbmc, seeded):
+    SCRobust.setup_anndata(small_pbmc)
+    model = SCRobust(small_pbmc, **TINY)
+    ref = model.get_latent_representation()
+    rng = np.random.default_rng(0)
+    query = small_pbmc[:, rng.permutation(small_pbmc.n_vars)].copy()
+    del query.obs["_scvi_batch"], query.obs["_scvi_labels"]
+    np.testing.assert_allclose(model.get_latent_representation(query), ref, rtol=1e-5, atol=1e-6)
+    assert "_scvi_labels" not in query.obs  # the user's query is not modified
+
+
+def test_query_with_a_gene_subset_is_embedded_and_reported(small_pbmc, caplog):
+    SCRobust.setup_anndata(small_pbmc)
+    model = SCRobust(small_pbmc, **TINY)
+    query = small_pbmc[:, : small_pbmc.n_vars * 3 // 4].copy()
+    with caplog.at_level("INFO", logger="scrobust_sc"):
+        z = model.get_latent_representation(query)
+    assert z.shape == (query.n_obs, 32)
+    assert model.last_alignment_["n_genes_missing"] == small_pbmc.n_vars - query.n_vars
+    assert "missing from the query" in caplog.text
+
+
+def test_query_without_shared_genes_is_refused(small_pbmc):
+    SCRobust.setup_anndata(small_pbmc)
+    model = SCRobust(small_pbmc, **TINY)
+    query = ad.AnnData(small_pbmc.X, var={"gene_ids": small_pbmc.var["gene_ids"].to_numpy()}, obs=small_pbmc.obs[[]])
+    query.var_names = small_pbmc.var["gene_ids"].to_numpy()
+    with pytest.raises(ValueError, match="gene_symbols="):
+        model.get_latent_representation(query)
+
+
+def test_query_in_another_scale_is_refused(small_pbmc):
+    SCRobust.setup_anndata(small_pbmc)
+    model = SCRobust(small_pbmc, **TINY)
+    query = small_pbmc.copy()
+    query.X = query.X.astype(np.float32)
+    query.X.data = np.log1p(query.X.data * 1.37)
+    with pytest.raises(ValueError, match="declared as raw counts"):
+        model.get_latent_representation(query)
+
+
+def test_every_layer_and_gene_selection_embeds(small_pbmc):
+    SCRobust.setup_anndata(small_pbmc)
+    model = SCRobust(small_pbmc, d_model=16, n_heads=2, n_layers=2)
+    for layer in (1, 2, -1):
+        for selection in ("unique", "mixed", "expressed", "hvg", "random"):
+            z = model.get_latent_representation(layer=layer, gene_selection=selection, n_genes=40)
+            assert z.shape == (small_pbmc.n_obs, 16) and np.isfinite(z).all()
+    with pytest.raises(ValueError, match="gene_selection"):
+        model.get_latent_representation(gene_selection="best")
+
+
+def test_paper_preset_sizes(small_pbmc):
+    SCRobust.setup_anndata(small_pbmc)
+    enc = SCRobust(small_pbmc, preset="paper").module.encoder
+    assert enc.embedding.weight.shape[1] == 512 and enc.blocks[0].n_heads == 8
+
+
+def test_tl_embed_writes_obsm_and_params(small_pbmc):
+    SCRobust.setup_anndata(small_pbmc)
+    model = SCRobust(small_pbmc, **TINY)
+    assert scrobust.tl.embed(small_pbmc, model, n_genes=100) is None
+    assert small_pbmc.obsm["X_scrobust"].shape == (small_pbmc.n_obs, 32)
+    assert small_pbmc.uns["scrobust"]["embed"]["params"]["n_genes"] == 100
+    out = scrobust.tl.embed(small_pbmc, model, key_added="X_other", copy=True)
+    assert "X_other" in out.obsm and "X_other" not in small_pbmc.obsm
+
+
+def test_batch_size_larger_than_the_data(small_pbmc, seeded):
+    a = small_pbmc[:20].copy()
+    SCRobust.setup_anndata(a)
+    model = SCRobust(a, **TINY)
+    model.pretrain(max_steps=2, batch_size=500, **QUIET)
+    assert model.train_params_["pretrain"]["batch_size"] <= a.n_obs
