@@ -69,6 +69,9 @@ class SCRobust(BaseModelClass):
         pre-LayerNorm encoder makes blind to values.
     norm_first
         Pre-LayerNorm blocks (published) or post-LayerNorm.
+    pooling
+        ``"cls"``: the cell embedding is the CLS output (published). ``"cls_mean"`` adds a
+        projection of the mean of the gene tokens entering the last layer.
     n_view_genes
         Genes per random view in pre-training; ``None``: 10% of the mean number of expressed
         genes per cell, clipped to 32-128.
@@ -104,6 +107,7 @@ class SCRobust(BaseModelClass):
         dropout: float = 0.1,
         value_encoding: Literal["mlp", "published"] = "mlp",
         norm_first: bool = True,
+        pooling: Literal["cls", "cls_mean"] = "cls",
         n_view_genes: int | None = None,
         temperature: float = 0.07,
         value_augmentation: float = 0.7,
@@ -141,6 +145,7 @@ class SCRobust(BaseModelClass):
             dropout=dropout,
             value_encoding=value_encoding,
             norm_first=norm_first,
+            pooling=pooling,
             n_view_genes=int(n_view_genes),
             temperature=temperature,
             input_is_log=bool(setup_args["is_log_normalized"]),
@@ -164,6 +169,7 @@ class SCRobust(BaseModelClass):
                 "dropout": dropout,
                 "value_encoding": value_encoding,
                 "norm_first": norm_first,
+                "pooling": pooling,
                 "n_view_genes": int(n_view_genes),
                 "temperature": temperature,
                 "value_augmentation": value_augmentation,
@@ -358,6 +364,7 @@ class SCRobust(BaseModelClass):
         trainer_kwargs.setdefault("early_stopping", False)
         trainer_kwargs.setdefault("early_stopping_monitor", monitor)
         trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
+        trainer_kwargs.setdefault("log_every_n_steps", 1)
         if settings.num_threads is not None:
             torch.set_num_threads(settings.num_threads)
         self.module.train()
@@ -561,9 +568,10 @@ class SCRobust(BaseModelClass):
         }
         drop_last = train_idx.size > batch_size
         try:
+            unused = np.setdiff1d(np.arange(codes.size), np.concatenate([train_idx, val_idx]))
             self._fit(
                 plan,
-                [train_idx, val_idx, np.array([], dtype=int)],
+                [train_idx, val_idx, unused],
                 max_epochs=max_epochs,
                 batch_size=batch_size,
                 validation_size=validation_size,

@@ -56,6 +56,7 @@ class SCRobustModule(BaseModuleClass):
         dropout: float = 0.1,
         value_encoding: str = "mlp",
         norm_first: bool = True,
+        pooling: str = "cls",
         n_view_genes: int = 64,
         temperature: float = 0.07,
         input_is_log: bool = False,
@@ -67,7 +68,9 @@ class SCRobustModule(BaseModuleClass):
         self.temperature = temperature
         self.input_is_log = input_is_log
         self.value_augmentation = value_augmentation
-        self.encoder = GeneTransformer(n_genes, d_model, n_heads, n_layers, dropout, value_encoding, norm_first)
+        self.encoder = GeneTransformer(
+            n_genes, d_model, n_heads, n_layers, dropout, value_encoding, norm_first, pooling
+        )
         self.contrastive_head = mlp_head(d_model, d_model, dropout=dropout)
         self.expression_head = mlp_head(d_model, d_model, dropout=dropout)
         self.n_labels = n_labels

@@ -153,10 +153,17 @@ class GeneTransformer(nn.Module):
         dropout: float = 0.1,
         value_encoding: ValueEncoding = "mlp",
         norm_first: bool = True,
+        pooling: Literal["cls", "cls_mean"] = "cls",
     ):
         super().__init__()
+        if pooling not in ("cls", "cls_mean"):
+            raise ValueError(f"pooling must be 'cls' or 'cls_mean', not {pooling!r}.")
+        self.pooling = pooling
         self.embedding = GeneTokenEmbedding(n_genes, d_model, value_encoding)
         self.blocks = nn.ModuleList(EncoderBlock(d_model, n_heads, dropout, norm_first) for _ in range(n_layers))
+        if pooling == "cls_mean":
+            self.pool_norm = nn.LayerNorm(d_model)
+            self.pool_proj = nn.Linear(d_model, d_model)
 
     @property
     def n_layers(self) -> int:
@@ -190,8 +197,13 @@ class GeneTransformer(nn.Module):
         attn = None
         for i in range(last + 1):
             cls_only = i == last
+            if cls_only and self.pooling == "cls_mean":
+                w = valid.unsqueeze(-1).to(x.dtype)
+                pooled = (self.pool_norm(x[:, 1:]) * w).sum(1) / w.sum(1).clamp_min(1.0)
             x, attn = self.blocks[i](x, keep, cls_only=cls_only, return_attention=return_attention and cls_only)
         cls = x[:, 0]
+        if self.pooling == "cls_mean":
+            cls = cls + self.pool_proj(pooled)
         if return_attention:
             return cls, attn[:, 1:]
         return cls

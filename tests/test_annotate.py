@@ -1,0 +1,109 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+import scrobust_sc as scrobust
+from scrobust_sc import SCRobust
+
+from .conftest import QUIET, TINY
+
+FAST = {"model_kwargs": TINY, "pretrain_steps": 0, "max_epochs": 2, "train_kwargs": {"n_genes": 64, **QUIET}}
+
+
+def test_annotate_writes_documented_keys_and_nothing_else(small_pbmc, seeded):
+    adata = small_pbmc
+    adata.obs["cell_type"] = adata.obs["cell_type"].astype(object)
+    adata.obs.iloc[:20, adata.obs.columns.get_loc("cell_type")] = np.nan  # unlabelled cells
+    before_obs = adata.obs.copy()
+    before_x = adata.X.copy()
+    before_uns = set(adata.uns)
+    scrobust.tl.annotate(adata, labels_key="cell_type", **FAST)
+    assert set(adata.obs.columns) - set(before_obs.columns) == {"scrobust_label", "scrobust_confidence"}
+    pd.testing.assert_frame_equal(adata.obs[before_obs.columns], before_obs)
+    assert (adata.X != before_x).nnz == 0
+    assert set(adata.obsm) == {"X_scrobust", "scrobust_probabilities"}
+    assert set(adata.uns) - before_uns == {"scrobust"}
+    assert adata.obs["scrobust_label"].dtype == "category"
+    proba = adata.obsm["scrobust_probabilities"]
+    assert proba.shape == (adata.n_obs, len(adata.uns["scrobust"]["cell_types"]))
+    np.testing.assert_allclose(proba.sum(1), 1, rtol=1e-5)
+    np.testing.assert_allclose(adata.obs["scrobust_confidence"], proba.max(1), rtol=1e-6)
+    low = adata.obs["scrobust_confidence"] < 0.5
+    assert (adata.obs.loc[low, "scrobust_label"] == "Unknown").all()
+
+
+def test_annotate_copy_leaves_the_input_untouched(small_pbmc, seeded):
+    keys = (set(small_pbmc.obs), set(small_pbmc.obsm), set(small_pbmc.uns))
+    out = scrobust.tl.annotate(small_pbmc, labels_key="cell_type", copy=True, **FAST)
+    assert "scrobust_label" in out.obs
+    assert (set(small_pbmc.obs), set(small_pbmc.obsm), set(small_pbmc.uns)) == keys
+
+
+def test_reference_to_query_with_a_reduced_gene_panel(small_pbmc, seeded):
+    ref, query = small_pbmc[:150].copy(), small_pbmc[150:].copy()
+    query = query[:, np.random.default_rng(0).permutation(query.n_vars)[: query.n_vars // 2]].copy()
+    scrobust.tl.annotate(query, reference=ref, labels_key="cell_type", **FAST)
+    report = query.uns["scrobust"]["gene_alignment"]
+    assert report["n_genes_missing"] == small_pbmc.n_vars - query.n_vars
+    assert query.obs["scrobust_label"].notna().all()
+
+
+def test_allowed_labels_restrict_predictions(small_pbmc, seeded):
+    allowed = sorted(small_pbmc.obs["cell_type"].unique())[:2]
+    scrobust.tl.annotate(small_pbmc, labels_key="cell_type", allowed_labels=allowed, unknown_threshold=None, **FAST)
+    assert set(small_pbmc.obs["scrobust_label"].unique()) <= set(allowed)
+    with pytest.raises(ValueError, match="allowed_labels"):
+        scrobust.tl.annotate(small_pbmc, labels_key="cell_type", allowed_labels=["Martian"], **FAST)
+
+
+def test_bad_labels_give_clear_errors(small_pbmc):
+    with pytest.raises(ValueError, match="not a column"):
+        scrobust.tl.annotate(small_pbmc, labels_key="celltype", **FAST)
+    a = small_pbmc.copy()
+    a.obs["cell_type"] = np.nan
+    with pytest.raises(ValueError, match="no labelled cell"):
+        scrobust.tl.annotate(a, labels_key="cell_type", **FAST)
+    a.obs["cell_type"] = "T cell"
+    with pytest.raises(ValueError, match="at least 2 cell types"):
+        scrobust.tl.annotate(a, labels_key="cell_type", **FAST)
+    with pytest.raises(ValueError, match="labels_key"):
+        scrobust.tl.annotate(small_pbmc)
+
+
+def test_a_class_with_one_cell_stays_in_training(small_pbmc, seeded, caplog):
+    a = small_pbmc.copy()
+    a.obs["cell_type"] = a.obs["cell_type"].astype(str)
+    a.obs.iloc[0, a.obs.columns.get_loc("cell_type")] = "singleton"
+    with caplog.at_level("INFO", logger="scrobust_sc"):
+        scrobust.tl.annotate(a, labels_key="cell_type", **FAST)
+    assert "single cell stay in training" in caplog.text
+    assert "singleton" in a.uns["scrobust"]["cell_types"]
+
+
+def test_annotate_on_a_view(small_pbmc, seeded):
+    view = small_pbmc[:100]
+    out = scrobust.tl.annotate(view, labels_key="cell_type", copy=True, **FAST)
+    assert out.n_obs == 100 and "scrobust_label" in out.obs
+
+
+def test_saved_model_annotates_a_query(small_pbmc, tmp_path, seeded):
+    model = scrobust.tl.fit_annotator(
+        small_pbmc,
+        "cell_type",
+        model_kwargs=TINY,
+        pretrain=False,
+        train_kwargs={"max_epochs": 2, "n_genes": 64, **QUIET},
+    )
+    expected = model.predict_proba(small_pbmc)
+    model.save(tmp_path / "m")
+    loaded = SCRobust.load(tmp_path / "m")
+    query = small_pbmc.copy()
+    scrobust.tl.annotate(query, model=loaded, unknown_threshold=None)
+    np.testing.assert_allclose(query.obsm["scrobust_probabilities"], expected.to_numpy(), rtol=1e-5, atol=1e-6)
+    assert (query.obs["scrobust_label"].astype(str).to_numpy() == expected.idxmax(axis=1).to_numpy()).all()
+
+
+def test_untrained_model_cannot_annotate(small_pbmc):
+    SCRobust.setup_anndata(small_pbmc)
+    with pytest.raises(ValueError, match="not fine-tuned"):
+        scrobust.tl.annotate(small_pbmc.copy(), model=SCRobust(small_pbmc, **TINY))

@@ -1,0 +1,146 @@
+import subprocess
+import sys
+
+import anndata as ad
+import pandas as pd
+import pytest
+
+import scrobust_sc as scrobust
+from scrobust_sc.cli import main
+
+
+@pytest.fixture
+def files(small_pbmc, tmp_path):
+    ref, query = small_pbmc[:150].copy(), small_pbmc[150:].copy()
+    ref.write_h5ad(tmp_path / "ref.h5ad")
+    query.write_h5ad(tmp_path / "query.h5ad")
+    return tmp_path
+
+
+def test_cli_train_predict_embed_end_to_end(files):
+    d = files
+    assert (
+        main(
+            [
+                "train",
+                "--reference",
+                str(d / "ref.h5ad"),
+                "--labels-key",
+                "cell_type",
+                "--out",
+                str(d / "m"),
+                "--max-steps",
+                "4",
+                "--max-epochs",
+                "2",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                str(d / "m"),
+                "--query",
+                str(d / "query.h5ad"),
+                "--out",
+                str(d / "a.h5ad"),
+                "--csv",
+                str(d / "a.csv"),
+            ]
+        )
+        == 0
+    )
+    annotated = ad.read_h5ad(d / "a.h5ad")
+    assert "scrobust_label" in annotated.obs
+    table = pd.read_csv(d / "a.csv", index_col=0)
+    assert list(table.columns) == ["scrobust_label", "scrobust_confidence"] and len(table) == annotated.n_obs
+    assert main(["embed", str(d / "query.h5ad"), "--model", str(d / "m"), "--out", str(d / "e.h5ad")]) == 0
+    assert ad.read_h5ad(d / "e.h5ad").obsm["X_scrobust"].shape[0] == annotated.n_obs
+
+
+def test_cli_annotate_from_reference_and_pretrain(files):
+    d = files
+    assert (
+        main(
+            [
+                "annotate",
+                "--reference",
+                str(d / "ref.h5ad"),
+                "--labels-key",
+                "cell_type",
+                "--query",
+                str(d / "query.h5ad"),
+                "--out",
+                str(d / "b.h5ad"),
+                "--max-steps",
+                "0",
+                "--max-epochs",
+                "1",
+            ]
+        )
+        == 0
+    )
+    assert main(["pretrain", str(d / "ref.h5ad"), "--out", str(d / "p"), "--max-steps", "3"]) == 0
+    assert (d / "p" / "model.json").exists()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["embed", "missing.h5ad", "--model", "m", "--out", "x.h5ad"], "input file not found"),
+        (["train", "--reference", "{d}/ref.h5ad", "--labels-key", "nope", "--out", "{d}/m2"], "labels column 'nope'"),
+        (["predict", "--model", "{d}/nomodel", "--query", "{d}/query.h5ad", "--out", "{d}/x.h5ad"], "No model folder"),
+    ],
+)
+def test_cli_bad_input_is_one_clear_line(files, capsys, argv, message):
+    argv = [a.format(d=files) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert message in err[-1] and err[-1].startswith("scrobust ")
+
+
+def test_cli_no_gene_overlap(files, small_pbmc, capsys):
+    q = ad.read_h5ad(files / "query.h5ad")
+    q.var_names = [f"X{i}" for i in range(q.n_vars)]
+    q.write_h5ad(files / "bad.h5ad")
+    main(
+        [
+            "train",
+            "--reference",
+            str(files / "ref.h5ad"),
+            "--labels-key",
+            "cell_type",
+            "--out",
+            str(files / "m"),
+            "--max-steps",
+            "0",
+            "--max-epochs",
+            "1",
+        ]
+    )
+    capsys.readouterr()
+    assert (
+        main(
+            ["predict", "--model", str(files / "m"), "--query", str(files / "bad.h5ad"), "--out", str(files / "x.h5ad")]
+        )
+        == 2
+    )
+    assert "gene" in capsys.readouterr().err
+
+
+def test_cli_help_for_every_subcommand():
+    for sub in ("pretrain", "train", "annotate", "predict", "embed", "demo"):
+        out = subprocess.run([sys.executable, "-m", "scrobust_sc.cli", sub, "--help"], capture_output=True, text=True)
+        assert out.returncode == 0 and "usage: scrobust" in out.stdout
+
+
+def test_demo_runs_on_bundled_data(tmp_path):
+    from scrobust_sc._demo_job import run_demo
+
+    summary = run_demo(tmp_path, max_steps=20)
+    assert (tmp_path / "umap.png").stat().st_size > 10_000
+    assert ad.read_h5ad(tmp_path / "demo.h5ad").obsm["X_scrobust"].shape == (scrobust.data.pbmc_demo().n_obs, 128)
+    assert summary["leiden_clusters"] >= 2
