@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pretrain", help="self-supervised pre-training; saves a model folder")
     p.add_argument("data", help="input .h5ad")
     p.add_argument("--out", required=True, help="model folder to write")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--gene-symbols", default=None, help="var column with gene names")
     common(p, model=True)
     p.set_defaults(func=_cmd_pretrain)

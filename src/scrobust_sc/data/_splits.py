@@ -9,12 +9,12 @@ import numpy as np
 logger = logging.getLogger("scrobust_sc")
 
 
-def stratified_validation_split(labels: np.ndarray, fraction: float = 0.1, *, seed: int = 0):
+def stratified_validation_split(labels: np.ndarray, fraction: float = 0.1, *, seed: int = 0, min_cells: int = 5):
     """Split cell positions into training and validation, class by class.
 
-    Every class with at least two cells puts ``max(1, round(fraction * n))`` cells (never
-    all of them) into validation, so rare types are validated too. A class with a single
-    cell stays in training and is reported.
+    Every class with at least ``min_cells`` cells puts ``max(1, round(fraction * n))`` of
+    them into validation, so rare types are validated too. Smaller classes stay in
+    training whole (one of their few cells is worth more there) and are reported.
 
     Parameters
     ----------
@@ -24,6 +24,8 @@ def stratified_validation_split(labels: np.ndarray, fraction: float = 0.1, *, se
         Share of each class held out for validation.
     seed
         Random seed.
+    min_cells
+        Smallest class that gives a cell to validation.
 
     Returns
     -------
@@ -31,23 +33,26 @@ def stratified_validation_split(labels: np.ndarray, fraction: float = 0.1, *, se
 
     Examples
     --------
-    >>> train, val = stratified_validation_split(np.array([0, 0, 0, 0, 1, 1, 2]), 0.25)
-    >>> sorted(np.array([0, 0, 0, 0, 1, 1, 2])[val].tolist())
+    >>> labels = np.array([0] * 6 + [1] * 5 + [2] * 2)
+    >>> train, val = stratified_validation_split(labels, 0.1)
+    >>> sorted(labels[val].tolist())
     [0, 1]
     """
     if not 0 <= fraction < 1:
         raise ValueError(f"validation fraction must be in [0, 1), got {fraction}.")
     rng = np.random.default_rng(seed)
-    train, val, singletons = [], [], []
+    train, val, small = [], [], []
     for cls in np.unique(labels):
         members = rng.permutation(np.flatnonzero(labels == cls))
-        n_val = 0 if fraction == 0 else min(max(1, round(fraction * members.size)), members.size - 1)
-        if members.size == 1:
-            singletons.append(cls)
+        n_val = 0
+        if fraction > 0 and members.size >= min_cells:
+            n_val = min(max(1, round(fraction * members.size)), members.size - 1)
+        elif fraction > 0:
+            small.append(cls)
         val.append(members[:n_val])
         train.append(members[n_val:])
-    if singletons and fraction > 0:
-        logger.info("%d cell type(s) with a single cell stay in training only: %s", len(singletons), singletons)
+    if small:
+        logger.info("%d cell type(s) with fewer than %d cells stay in training only: %s", len(small), min_cells, small)
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
 
 

@@ -77,6 +77,10 @@ class SCRobust(BaseModelClass):
         genes per cell, clipped to 32-128.
     temperature
         NT-Xent temperature.
+    gene_linear_head
+        Add a linear path to the cell-type classifier: a learned weight per gene and type
+        times the value of each of the cell's input genes, summed beside the Transformer's
+        output (on by default; ``False`` gives the published classifier).
     value_augmentation
         Strength of the random value rescaling of each pre-training view (0: off). It stops
         the encoder matching views by sequencing depth instead of cell identity.
@@ -111,6 +115,7 @@ class SCRobust(BaseModelClass):
         n_view_genes: int | None = None,
         temperature: float = 0.07,
         value_augmentation: float = 0.7,
+        gene_linear_head: bool = True,
     ):
         super().__init__(adata, registry)
         if preset not in PRESETS:
@@ -150,6 +155,7 @@ class SCRobust(BaseModelClass):
             temperature=temperature,
             input_is_log=bool(setup_args["is_log_normalized"]),
             value_augmentation=value_augmentation,
+            gene_linear_head=gene_linear_head,
             **sizes,
         )
         if scores is not None:
@@ -173,6 +179,7 @@ class SCRobust(BaseModelClass):
                 "n_view_genes": int(n_view_genes),
                 "temperature": temperature,
                 "value_augmentation": value_augmentation,
+                "gene_linear_head": gene_linear_head,
             },
         }
 
@@ -393,7 +400,7 @@ class SCRobust(BaseModelClass):
         *,
         max_steps: int | None = None,
         lr: float = 1e-3,
-        batch_size: int = 32,
+        batch_size: int = 64,
         validation_size: float = 0.1,
         early_stopping: bool = False,
         accelerator: str = "auto",
@@ -471,7 +478,7 @@ class SCRobust(BaseModelClass):
         self,
         max_epochs: int = 20,
         *,
-        lr: float = 5e-4,
+        lr: float = 1e-3,
         batch_size: int = 32,
         n_genes: int = 800,
         gene_selection: str = "mixed",
@@ -480,6 +487,7 @@ class SCRobust(BaseModelClass):
         freeze_encoder: bool = False,
         keep_best: bool = True,
         label_smoothing: float = 0.0,
+        token_dropout: float = 0.0,
         accelerator: str = "auto",
         devices: int | list[int] | str = "auto",
         plan_kwargs: dict | None = None,
@@ -517,6 +525,8 @@ class SCRobust(BaseModelClass):
             Restore the best validation epoch (else keep the last).
         label_smoothing
             Cross-entropy label smoothing.
+        token_dropout
+            Share of each cell's input genes hidden at random in every training step.
         accelerator, devices, plan_kwargs, datasplitter_kwargs, **trainer_kwargs
             As in :meth:`pretrain`.
 
@@ -554,6 +564,7 @@ class SCRobust(BaseModelClass):
             gene_selection=gene_selection,
             n_genes=n_genes,
             label_smoothing=label_smoothing,
+            token_dropout=token_dropout,
             keep_best=keep_best,
             **(plan_kwargs or {}),
         )

@@ -6,6 +6,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from scvi import REGISTRY_KEYS
 from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 
@@ -40,6 +41,9 @@ class SCRobustModule(BaseModuleClass):
         NT-Xent temperature.
     input_is_log
         Whether the registered data are already log-normalised.
+    gene_linear_head
+        Add to the classifier's logits a per-gene, per-class weight times the value of each
+        of the cell's input gene tokens (a linear path beside the Transformer's CLS output).
     value_augmentation
         Scale of the random per-view factor ``exp(U(-a, a))`` applied to normalised values
         before ``log1p``; the per-gene noise is ``exp(N(0, (a / 1.75)^2))``. 0 turns it off.
@@ -61,6 +65,7 @@ class SCRobustModule(BaseModuleClass):
         temperature: float = 0.07,
         input_is_log: bool = False,
         value_augmentation: float = 0.7,
+        gene_linear_head: bool = True,
     ):
         super().__init__()
         self.n_genes = n_genes
@@ -75,6 +80,10 @@ class SCRobustModule(BaseModuleClass):
         self.expression_head = mlp_head(d_model, d_model, dropout=dropout)
         self.n_labels = n_labels
         self.classifier = mlp_head(d_model, n_labels, dropout=dropout) if n_labels > 0 else None
+        # per-gene, per-class weights read off the cell's own gene tokens (a "wide" path)
+        self.gene_linear = nn.Embedding(n_genes, n_labels) if n_labels > 0 and gene_linear_head else None
+        if self.gene_linear is not None:
+            nn.init.zeros_(self.gene_linear.weight)
         # gene orderings, computed from the training data and saved with the weights
         self.register_buffer("unique_score", torch.zeros(n_genes))
         self.register_buffer("hvg_score", torch.zeros(n_genes))
@@ -162,16 +171,27 @@ class SCRobustModule(BaseModuleClass):
         )
 
     # ---- classification ------------------------------------------------------------
-    def classify(self, tensors, gene_selection: str, n_genes: int) -> torch.Tensor:
-        """Class logits ``(B, n_labels)`` from the CLS output."""
+    def classify(self, tensors, gene_selection: str, n_genes: int, token_dropout: float = 0.0) -> torch.Tensor:
+        """Class logits ``(B, n_labels)`` from the CLS output (and the linear gene head).
+
+        ``token_dropout`` (training only) hides a random share of each cell's input genes.
+        """
         if self.classifier is None:
             raise RuntimeError("This model has no classifier: register labels_key in setup_anndata.")
         idx, vals, valid = self.select_genes(self._normalized(tensors), gene_selection, n_genes)
-        return self.classifier(self.encoder(idx, vals, valid))
+        if self.training and token_dropout > 0:
+            valid = valid & (torch.rand(valid.shape, device=valid.device) >= token_dropout)
+            vals = vals * valid
+        logits = self.classifier(self.encoder(idx, vals, valid))
+        if self.gene_linear is not None:
+            logits = logits + torch.einsum("bl,blk->bk", vals, self.gene_linear(idx))
+        return logits
 
-    def classification_loss(self, tensors, gene_selection: str, n_genes: int, label_smoothing: float = 0.0):
+    def classification_loss(
+        self, tensors, gene_selection: str, n_genes: int, label_smoothing: float = 0.0, token_dropout: float = 0.0
+    ):
         """Cross-entropy over labelled cells (label index ``< n_labels``)."""
-        logits = self.classify(tensors, gene_selection, n_genes)
+        logits = self.classify(tensors, gene_selection, n_genes, token_dropout)
         labels = tensors[REGISTRY_KEYS.LABELS_KEY].view(-1).long()
         labelled = labels < self.n_labels
         if not bool(labelled.any()):

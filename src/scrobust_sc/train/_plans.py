@@ -34,9 +34,16 @@ class _ScheduledPlan(TrainingPlan):
         self.warmup_fraction = warmup_fraction
         self.max_warmup_steps = max_warmup_steps
 
+    #: learning-rate multiplier of the linear gene head (a convex problem that tolerates more)
+    linear_lr_scale = 10.0
+
     def configure_optimizers(self):
-        params = [p for p in self.module.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        linear = getattr(self.module, "gene_linear", None)
+        linear_params = {id(p) for p in linear.parameters()} if linear is not None else set()
+        groups = [{"params": [p for p in self.module.parameters() if p.requires_grad and id(p) not in linear_params]}]
+        if linear_params:
+            groups.append({"params": list(linear.parameters()), "lr": self.lr * self.linear_lr_scale})
+        optimizer = torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay)
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         warmup = min(int(self.warmup_fraction * total), self.max_warmup_steps)
         schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -95,6 +102,7 @@ class ClassifierPlan(_ScheduledPlan):
         n_genes: int = 800,
         label_smoothing: float = 0.0,
         keep_best: bool = True,
+        token_dropout: float = 0.0,
         **kwargs,
     ):
         super().__init__(module, **kwargs)
@@ -102,6 +110,7 @@ class ClassifierPlan(_ScheduledPlan):
         self.n_genes = n_genes
         self.label_smoothing = label_smoothing
         self.keep_best = keep_best
+        self.token_dropout = token_dropout
         self.best_score = -np.inf
         self.best_epoch: int | None = None
         self.best_state: dict | None = None
@@ -109,7 +118,9 @@ class ClassifierPlan(_ScheduledPlan):
         self._val_pred: list[np.ndarray] = []
 
     def _forward(self, batch):
-        return self.module.classification_loss(batch, self.gene_selection, self.n_genes, self.label_smoothing)
+        return self.module.classification_loss(
+            batch, self.gene_selection, self.n_genes, self.label_smoothing, self.token_dropout
+        )
 
     def training_step(self, batch, batch_idx):
         loss, logits, labels, labelled = self._forward(batch)

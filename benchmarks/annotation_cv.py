@@ -1,0 +1,111 @@
+"""Cross-validated annotation: scRobust vs logistic regression on the same folds.
+
+Folds: StratifiedKFold(5, shuffle=True, random_state=0) on obs["cell_type"], as in
+shared/data/BASELINES.md. Writes one JSON per run under benchmarks/results/.
+
+    .venv/bin/python benchmarks/annotation_cv.py --data ../shared/data/baron_mouse1.h5ad --folds 0 1 2 3 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import time
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import scvi
+import torch
+from sklearn.metrics import f1_score
+from sklearn.model_selection import StratifiedKFold
+
+import scrobust_sc as scrobust
+from scrobust_sc.benchmark import logistic_regression_baseline
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--labels-key", default="cell_type")
+    parser.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--pretrain-steps", type=int, default=None, help="0 skips pre-training")
+    parser.add_argument("--max-epochs", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--train-kwargs", default="{}", help="JSON of extra SCRobust.train arguments")
+    parser.add_argument("--model-kwargs", default="{}", help="JSON of extra SCRobust arguments")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    parser.add_argument("--tag", default="default")
+    args = parser.parse_args()
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    torch.set_num_threads(args.threads)
+    adata = ad.read_h5ad(args.data)
+    y = adata.obs[args.labels_key].astype(str).to_numpy()
+    folds = list(StratifiedKFold(5, shuffle=True, random_state=0).split(np.zeros(len(y)), y))
+    rows = []
+    for k in args.folds:
+        train_idx, test_idx = folds[k]
+        train, test = adata[train_idx].copy(), adata[test_idx].copy()
+        t = time.perf_counter()
+        pred = logistic_regression_baseline(train, test, args.labels_key)
+        rows.append(_row("logreg", k, y[test_idx], pred, time.perf_counter() - t))
+        scvi.settings.seed = 0
+        t = time.perf_counter()
+        model = scrobust.tl.fit_annotator(
+            train,
+            args.labels_key,
+            model_kwargs=json.loads(args.model_kwargs),
+            pretrain=args.pretrain_steps != 0,
+            pretrain_kwargs={"max_steps": args.pretrain_steps, "enable_progress_bar": False},
+            train_kwargs={"max_epochs": args.max_epochs, "enable_progress_bar": False, **json.loads(args.train_kwargs)},
+        )
+        rows.append(_row("scrobust", k, y[test_idx], model.predict(test), time.perf_counter() - t))
+        print(rows[-2], rows[-1], flush=True)
+    result = {
+        "dataset": Path(args.data).stem,
+        "tag": args.tag,
+        "args": vars(args),
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "threads": args.threads,
+            "torch": torch.__version__,
+            "scrobust_sc": scrobust.__version__,
+        },
+        "rows": rows,
+        "summary": _summary(rows),
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    folds_tag = "-".join(map(str, args.folds))
+    (out / f"cv_{result['dataset']}_{args.tag}_folds{folds_tag}.json").write_text(json.dumps(result, indent=1))
+    print(json.dumps(result["summary"], indent=1))
+
+
+def _row(method: str, fold: int, truth, pred, seconds: float) -> dict:
+    return {
+        "method": method,
+        "fold": fold,
+        "f1_macro": round(float(f1_score(truth, pred, average="macro")), 4),
+        "accuracy": round(float(np.mean(truth == pred)), 4),
+        "seconds": round(seconds, 1),
+    }
+
+
+def _summary(rows: list[dict]) -> dict:
+    out = {}
+    for method in sorted({r["method"] for r in rows}):
+        f1 = [r["f1_macro"] for r in rows if r["method"] == method]
+        acc = [r["accuracy"] for r in rows if r["method"] == method]
+        out[method] = {
+            "f1_macro_mean": round(float(np.mean(f1)), 4),
+            "f1_macro_std": round(float(np.std(f1)), 4),
+            "accuracy_mean": round(float(np.mean(acc)), 4),
+            "n_folds": len(f1),
+        }
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,32 @@
+"""Learning on real data, always against baselines measured in the same test."""
+
+import numpy as np
+import scvi
+from sklearn.metrics import f1_score
+from sklearn.model_selection import StratifiedKFold
+
+import scrobust_sc as scrobust
+from scrobust_sc.benchmark import logistic_regression_baseline, majority_baseline
+
+from .conftest import QUIET
+
+#: Documented tolerance (docs/design.md): fine-tuned macro-F1 may trail logistic regression
+#: on the same split by at most this much on the small demo data.
+LOGREG_TOLERANCE = 0.05
+
+
+def _split(adata, key="cell_type"):
+    y = adata.obs[key].astype(str).to_numpy()
+    train, test = next(StratifiedKFold(5, shuffle=True, random_state=0).split(np.zeros(len(y)), y))
+    return adata[train].copy(), adata[test].copy(), y[test]
+
+
+def test_fine_tuning_is_on_par_with_logistic_regression(pbmc):
+    train, test, truth = _split(pbmc)
+    logreg = f1_score(truth, logistic_regression_baseline(train, test, "cell_type"), average="macro")
+    majority = f1_score(truth, majority_baseline(train, test, "cell_type"), average="macro")
+    scvi.settings.seed = 0
+    model = scrobust.tl.fit_annotator(train, "cell_type", pretrain=False, train_kwargs=QUIET)
+    ours = f1_score(truth, model.predict(test), average="macro")
+    assert ours >= logreg - LOGREG_TOLERANCE, (ours, logreg)
+    assert ours > majority + 0.3, (ours, majority)
