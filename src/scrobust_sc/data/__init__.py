@@ -2,6 +2,7 @@
 
 from ._alignment import GeneAlignment, align_to_genes, looks_like_ensembl, match_genes, reindex_matrix
 from ._demo import pbmc_demo
+from ._gmt import read_gmt
 from ._ranking import expressed_fraction, hvg_score, log_normalized_moments, unique_gene_score
 from ._splits import class_weights, stratified_validation_split
 from ._validation import check_finite_nonnegative, check_gene_names, detect_input_kind
@@ -19,6 +20,7 @@ __all__ = [
     "looks_like_ensembl",
     "match_genes",
     "pbmc_demo",
+    "read_gmt",
     "reindex_matrix",
     "stratified_validation_split",
     "unique_gene_score",

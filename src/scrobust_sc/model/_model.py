@@ -726,6 +726,38 @@ class SCRobust(BaseModelClass):
             labels[proba.to_numpy().max(axis=1) < unknown_threshold] = UNKNOWN_LABEL
         return labels.astype(str)
 
+    def get_attention(
+        self,
+        adata: ad.AnnData | None = None,
+        *,
+        layer: int = -1,
+        gene_selection: str = "unique",
+        n_genes: int = 1000,
+        batch_size: int = 256,
+        groups=None,
+    ):
+        """CLS attention to each gene token, averaged over heads.
+
+        Returns a sparse cells x genes matrix (0 where a gene was not in a cell's input),
+        or, with ``groups``, a groups x genes DataFrame of mean attention accumulated batch
+        by batch. See :func:`scrobust_sc.model._attention.gene_attention`.
+
+        Examples
+        --------
+        >>> attn = model.get_attention(adata)  # doctest: +SKIP
+        """
+        from ._attention import gene_attention
+
+        return gene_attention(
+            self,
+            adata,
+            layer=layer,
+            gene_selection=gene_selection,
+            n_genes=n_genes,
+            batch_size=batch_size,
+            groups=groups,
+        )
+
     # --------------------------------------------------------------- save / load
     def save(self, dir_path: str | Path, *, overwrite: bool = False, **kwargs) -> None:
         """Save weights (safetensors) and settings, vocabulary, gene ranking (JSON), atomically.

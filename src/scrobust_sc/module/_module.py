@@ -6,9 +6,9 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from scvi import REGISTRY_KEYS
 from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
+from torch import nn
 
 from scrobust_sc._constants import GENE_SELECTIONS
 from scrobust_sc.nn import (

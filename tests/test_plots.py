@@ -1,0 +1,142 @@
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+import scvi  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
+
+import scrobust_sc as scrobust  # noqa: E402
+
+TINY = {"d_model": 32, "n_heads": 2, "n_layers": 1}
+SETS = {
+    "monocyte": ["CD14", "LYZ", "S100A8", "S100A9", "FCN1"],
+    "B": ["MS4A1", "CD79A", "CD79B"],
+    "NK": ["NKG7", "GNLY"],
+}
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(autouse=True)
+def one_thread_and_close():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+    plt.close("all")
+
+
+@pytest.fixture(scope="module")
+def data():
+    """150 demo cells over 300 frequent genes plus the genes of SETS (raw counts)."""
+    adata = scrobust.data.pbmc_demo()
+    rng = np.random.default_rng(0)
+    cells = np.sort(rng.choice(adata.n_obs, 150, replace=False))
+    frac = np.asarray((adata.X > 0).mean(0)).ravel()
+    genes = set(np.argsort(-frac)[:300]) | set(adata.var_names.get_indexer([g for s in SETS.values() for g in s]))
+    return adata[cells, np.sort(list(genes))].copy()
+
+
+@pytest.fixture(scope="module")
+def model(data):
+    scvi.settings.seed = 0
+    adata = data.copy()
+    scrobust.SCRobust.setup_anndata(adata)
+    return scrobust.SCRobust(adata, **TINY)
+
+
+def assert_png(path):
+    assert path.exists() and path.stat().st_size > 1000
+    assert path.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_headless_backend():
+    assert matplotlib.get_backend().lower() == "agg"
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_confusion_png(data, tmp_path, normalize):
+    adata = data.copy()
+    rng = np.random.default_rng(0)
+    truth = adata.obs["cell_type_coarse"].astype(str).to_numpy()
+    pred = np.where(rng.random(adata.n_obs) < 0.8, truth, "Unknown")
+    adata.obs["pred"] = pd.Categorical(pred)
+    path = tmp_path / "confusion.png"
+    ax = scrobust.pl.confusion(adata, true="cell_type_coarse", pred="pred", normalize=normalize, save=str(path))
+    assert isinstance(ax, Axes)
+    assert_png(path)
+    # rows: known types in their category order; columns: predictions; counts annotated
+    assert [t.get_text() for t in ax.get_yticklabels()] == list(adata.obs["cell_type_coarse"].cat.categories)
+    texts = [int(t.get_text()) for t in ax.texts]
+    assert sum(texts) == adata.n_obs
+    shown = ax.images[0].get_array()
+    if normalize:
+        np.testing.assert_allclose(np.asarray(shown).sum(1), 1.0)
+
+
+def test_confusion_on_given_axes_and_errors(data):
+    adata = data.copy()
+    adata.obs["same"] = adata.obs["cell_type_coarse"].astype(str)
+    _, ax = plt.subplots()
+    assert scrobust.pl.confusion(adata, true="cell_type_coarse", pred="same", ax=ax) is ax
+    values = np.asarray(ax.images[0].get_array())
+    np.testing.assert_allclose(np.diag(values), 1.0)
+    with pytest.raises(ValueError, match="not a column"):
+        scrobust.pl.confusion(adata, true="cell_type_coarse", pred="nope")
+
+
+@pytest.mark.parametrize(("basis", "color"), [("umap", "cell_type_coarse"), ("tsne", "n_counts"), ("umap", None)])
+def test_pathway_embedding_png(data, model, tmp_path, basis, color):
+    adata = data.copy()
+    adata.obs["n_counts"] = np.asarray(adata.X.sum(1)).ravel()
+    path = tmp_path / f"pathways_{basis}.png"
+    ax = scrobust.pl.pathway_embedding(adata, model, gene_sets=SETS, basis=basis, color=color, save=str(path))
+    assert isinstance(ax, Axes)
+    assert_png(path)
+    labels = [t.get_text() for t in ax.texts]
+    assert labels == list(SETS)  # each pathway point is labelled
+    stars = ax.collections[-1]
+    assert len(stars.get_offsets()) == len(SETS)
+
+
+def test_pathway_embedding_rejects_other_basis(data, model):
+    with pytest.raises(ValueError, match="basis"):
+        scrobust.pl.pathway_embedding(data, model, gene_sets=SETS, basis="pca")
+
+
+@pytest.mark.parametrize("kind", ["heatmap", "dotplot", "matrixplot"])
+def test_attention_markers_png(data, model, tmp_path, kind):
+    adata = data.copy()
+    scrobust.tl.marker_genes(adata, model, groupby="cell_type_coarse", n_genes=4, n_input_genes=100)
+    path = tmp_path / f"markers_{kind}.png"
+    ax = scrobust.pl.attention_markers(adata, kind=kind, save=str(path))
+    assert isinstance(ax, Axes)
+    assert_png(path)
+    assert "dendrogram_cell_type_coarse" not in adata.uns  # no side effect on the user's AnnData
+
+
+def test_attention_markers_log_normalises_counts_for_display(data, model):
+    from scrobust_sc.pl._plots import _marker_view
+
+    adata = data.copy()
+    scrobust.tl.marker_genes(adata, model, groupby="cell_type_coarse", n_genes=3, n_input_genes=100)
+    view = _marker_view(adata, "scrobust_markers", "cell_type_coarse", None, None)
+    gene = view.var_names[0]
+    counts = adata.X.toarray()
+    expected = np.log1p(counts[:, adata.var_names.get_loc(gene)] / counts.sum(1) * 1e4)
+    np.testing.assert_allclose(view[:, gene].X.ravel(), expected, rtol=1e-5)
+    raw = _marker_view(adata, "scrobust_markers", "cell_type_coarse", None, False)
+    np.testing.assert_array_equal(raw[:, gene].X.ravel(), counts[:, adata.var_names.get_loc(gene)])
+
+
+def test_attention_markers_needs_markers(data):
+    with pytest.raises(ValueError, match="marker_genes"):
+        scrobust.pl.attention_markers(data.copy())
+    with pytest.raises(ValueError, match="kind"):
+        adata = data.copy()
+        adata.uns["scrobust_markers"] = {"names": np.zeros(1), "params": {"groupby": "cell_type_coarse"}}
+        scrobust.pl.attention_markers(adata, kind="violin")
