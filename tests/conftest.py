@@ -22,14 +22,30 @@ def pbmc():
     return scrobust.data.pbmc_demo()
 
 
+def demo_subset(n_cells: int, n_genes: int, extra_genes=(), seed: int = 0):
+    """``n_cells`` random demo cells over the ``n_genes`` most often expressed genes (+ extra)."""
+    adata = scrobust.data.pbmc_demo()
+    rng = np.random.default_rng(seed)
+    cells = np.sort(rng.choice(adata.n_obs, n_cells, replace=False))
+    frac = np.asarray((adata.X > 0).mean(0)).ravel()
+    genes = set(np.argsort(-frac)[:n_genes]) | set(adata.var_names.get_indexer(list(extra_genes)))
+    genes.discard(-1)
+    return adata[cells, np.sort(list(genes))].copy()
+
+
 @pytest.fixture
-def small_pbmc(pbmc):
+def small_pbmc():
     """200 cells x 800 genes of the demo data, for quick API tests."""
-    rng = np.random.default_rng(0)
-    cells = np.sort(rng.choice(pbmc.n_obs, 200, replace=False))
-    frac = np.asarray((pbmc.X > 0).mean(0)).ravel()
-    genes = np.sort(np.argsort(-frac)[:800])
-    return pbmc[cells, genes].copy()
+    return demo_subset(200, 800)
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread per test (numba, e.g. in sc.pp.log1p, resets torch's thread count)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture

@@ -11,15 +11,14 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 import scanpy as sc  # noqa: E402
 import scvi  # noqa: E402
-import torch  # noqa: E402
 from scipy import sparse, stats  # noqa: E402
 
 import scrobust_sc as scrobust  # noqa: E402
 from scrobust_sc.tl import gene_attention, marker_genes  # noqa: E402
 
+from .conftest import QUIET, TINY, demo_subset  # noqa: E402
+
 logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-TINY = {"d_model": 32, "n_heads": 2, "n_layers": 1}
-QUIET = {"enable_progress_bar": False, "enable_model_summary": False, "logger": None}
 GROUPBY = "cell_type_coarse"
 #: literature markers of three clearly distinct PBMC types of the demo data
 CANONICAL = {
@@ -29,23 +28,13 @@ CANONICAL = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread per test (numba, e.g. in sc.pp.log1p, resets torch's thread count)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def small():
     """200 demo cells x 800 frequent genes (raw counts)."""
-    adata = scrobust.data.pbmc_demo()
-    rng = np.random.default_rng(0)
-    cells = np.sort(rng.choice(adata.n_obs, 200, replace=False))
-    frac = np.asarray((adata.X > 0).mean(0)).ravel()
-    return adata[cells, np.sort(np.argsort(-frac)[:800])].copy()
+    return demo_subset(200, 800)
 
 
 @pytest.fixture(scope="module")

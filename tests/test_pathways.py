@@ -16,7 +16,8 @@ from scrobust_sc.tl import (
     pathway_vectors,
 )
 
-TINY = {"d_model": 32, "n_heads": 2, "n_layers": 1}
+from .conftest import TINY, demo_subset  # noqa: E402
+
 SETS = {
     "monocyte": ["CD14", "LYZ", "S100A8", "S100A9", "FCN1"],
     "B": ["MS4A1", "CD79A", "CD79B"],
@@ -24,25 +25,13 @@ SETS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread per test (numba, e.g. in sc.pp.log1p, resets torch's thread count)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def data():
     """150 demo cells over 400 frequent genes plus the marker genes of SETS (raw counts)."""
-    adata = scrobust.data.pbmc_demo()
-    rng = np.random.default_rng(0)
-    cells = np.sort(rng.choice(adata.n_obs, 150, replace=False))
-    frac = np.asarray((adata.X > 0).mean(0)).ravel()
-    genes = set(np.argsort(-frac)[:400]) | set(adata.var_names.get_indexer([g for s in SETS.values() for g in s[:5]]))
-    genes.discard(-1)
-    return adata[cells, np.sort(list(genes))].copy()
+    return demo_subset(150, 400, [g for s in SETS.values() for g in s])
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,8 @@ from matplotlib.axes import Axes  # noqa: E402
 
 import scrobust_sc as scrobust  # noqa: E402
 
-TINY = {"d_model": 32, "n_heads": 2, "n_layers": 1}
+from .conftest import TINY, demo_subset  # noqa: E402
+
 SETS = {
     "monocyte": ["CD14", "LYZ", "S100A8", "S100A9", "FCN1"],
     "B": ["MS4A1", "CD79A", "CD79B"],
@@ -33,12 +34,7 @@ def one_thread_and_close():
 @pytest.fixture(scope="module")
 def data():
     """150 demo cells over 300 frequent genes plus the genes of SETS (raw counts)."""
-    adata = scrobust.data.pbmc_demo()
-    rng = np.random.default_rng(0)
-    cells = np.sort(rng.choice(adata.n_obs, 150, replace=False))
-    frac = np.asarray((adata.X > 0).mean(0)).ravel()
-    genes = set(np.argsort(-frac)[:300]) | set(adata.var_names.get_indexer([g for s in SETS.values() for g in s]))
-    return adata[cells, np.sort(list(genes))].copy()
+    return demo_subset(150, 300, [g for s in SETS.values() for g in s])
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from scvi.dataloaders import DataSplitter
 from scvi.model.base import BaseModelClass
 
 from scrobust_sc._constants import GENE_SELECTIONS, UNKNOWN_LABEL
-from scrobust_sc.data._alignment import align_to_genes
+from scrobust_sc.data._alignment import align_to_genes, query_gene_names
 from scrobust_sc.data._ranking import expressed_fraction, hvg_score
 from scrobust_sc.data._splits import class_weights, stratified_validation_split
 from scrobust_sc.data._validation import check_finite_nonnegative, check_gene_names, detect_input_kind
@@ -39,6 +39,24 @@ PRESETS: dict[str, dict] = {
 }
 #: Optimiser steps of pre-training when neither ``max_epochs`` nor ``max_steps`` is given.
 DEFAULT_PRETRAIN_STEPS = 2000
+
+
+def restrict_labels(proba: pd.DataFrame, allowed_labels: Sequence[str] | None) -> pd.DataFrame:
+    """Keep the columns of ``allowed_labels`` and renormalise each row (``None``: unchanged).
+
+    Examples
+    --------
+    >>> p = pd.DataFrame({"a": [0.5], "b": [0.25], "c": [0.25]})
+    >>> restrict_labels(p, ["a", "b"]).round(3).to_dict("list")
+    {'a': [0.667], 'b': [0.333]}
+    """
+    if allowed_labels is None:
+        return proba
+    unknown = sorted(set(allowed_labels) - set(proba.columns))
+    if unknown:
+        raise ValueError(f"allowed_labels not among the model's cell types: {unknown}. Known: {list(proba.columns)}")
+    proba = proba[list(allowed_labels)]
+    return proba.div(proba.sum(axis=1).clip(lower=1e-12), axis=0)
 
 
 def _labels_state(registry: dict) -> dict:
@@ -140,7 +158,7 @@ class SCRobust(BaseModelClass):
             scores = (1.0 - fraction, hvg_score(counts, input_is_log=input_is_log))
             if n_view_genes is None:
                 n_view_genes = default_view_size(float(fraction.sum()))
-            self.gene_names_ = list(self._registered_gene_names(adata, setup_args.get("gene_symbols")))
+            self.gene_names_ = list(query_gene_names(adata, setup_args.get("gene_symbols")))
         if n_view_genes is None:
             raise ValueError("n_view_genes must be given when the model is built without AnnData.")
 
@@ -248,7 +266,7 @@ class SCRobust(BaseModelClass):
         where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
         check_finite_nonnegative(matrix, where=where)
         resolved = detect_input_kind(matrix, is_log_normalized=is_log_normalized, where=where)
-        check_gene_names(cls._registered_gene_names(adata, gene_symbols))
+        check_gene_names(query_gene_names(adata, gene_symbols))
         for key in (batch_key, labels_key):
             if key is not None and key not in adata.obs.columns:
                 raise ValueError(f"{key!r} is not a column of adata.obs (columns: {list(adata.obs.columns)}).")
@@ -273,16 +291,6 @@ class SCRobust(BaseModelClass):
             warnings.filterwarnings("ignore", message=".*fewer than 3 cells.*")
             adata_manager.register_fields(adata, **kwargs)
         cls.register_manager(adata_manager)
-
-    @staticmethod
-    def _registered_gene_names(adata: ad.AnnData, gene_symbols: str | None = None) -> pd.Index:
-        if gene_symbols is None:
-            return pd.Index(adata.var_names.astype(str))
-        if gene_symbols not in adata.var.columns:
-            raise ValueError(
-                f"gene_symbols={gene_symbols!r} is not a column of adata.var (columns: {list(adata.var.columns)})."
-            )
-        return pd.Index(adata.var[gene_symbols].astype(str))
 
     # --------------------------------------------------------------- queries
     @property
@@ -710,15 +718,7 @@ class SCRobust(BaseModelClass):
         --------
         >>> labels = model.predict(query, unknown_threshold=0.5)  # doctest: +SKIP
         """
-        proba = self.predict_proba(adata, indices, batch_size=batch_size)
-        if allowed_labels is not None:
-            unknown = sorted(set(allowed_labels) - set(proba.columns))
-            if unknown:
-                raise ValueError(
-                    f"allowed_labels not among the model's cell types: {unknown}. Known: {list(proba.columns)}"
-                )
-            proba = proba[list(allowed_labels)]
-            proba = proba.div(proba.sum(axis=1).clip(lower=1e-12), axis=0)
+        proba = restrict_labels(self.predict_proba(adata, indices, batch_size=batch_size), allowed_labels)
         if soft:
             return proba
         labels = proba.columns.to_numpy()[proba.to_numpy().argmax(axis=1)].astype(object)

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from scrobust_sc._constants import DEFAULT_KEY, EMBEDDING_KEY, UNKNOWN_LABEL
+from scrobust_sc.model._model import restrict_labels
 
 logger = logging.getLogger("scrobust_sc")
 
@@ -75,14 +76,7 @@ def write_annotation(
     allowed_labels: Sequence[str] | None,
 ) -> None:
     """Write labels, confidences and probabilities of ``proba`` into ``target``."""
-    if allowed_labels is not None:
-        missing = sorted(set(allowed_labels) - set(proba.columns))
-        if missing:
-            raise ValueError(
-                f"allowed_labels not among the model's cell types: {missing}. Known: {list(proba.columns)}"
-            )
-        proba = proba[list(allowed_labels)]
-        proba = proba.div(proba.sum(axis=1).clip(lower=1e-12), axis=0)
+    proba = restrict_labels(proba, allowed_labels)
     values = proba.to_numpy()
     confidence = values.max(axis=1)
     labels = proba.columns.to_numpy()[values.argmax(axis=1)].astype(object)
