@@ -63,6 +63,9 @@ def _atomic_write(target: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes owner-only files
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
