@@ -46,7 +46,7 @@ def run_demo(out: Path, *, max_steps: int = 2000, verbose: bool = False) -> dict
     sc.pp.neighbors(adata, use_rep="X_scrobust", random_state=0)
     sc.tl.leiden(adata, flavor="igraph", n_iterations=2, random_state=0)
     sc.tl.umap(adata, random_state=0)
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    fig, axes = plt.subplots(1, 2, figsize=(16, 5), gridspec_kw={"wspace": 0.75})
     sc.pl.umap(adata, color="cell_type", ax=axes[0], show=False, title="known cell types (never seen in training)")
     sc.pl.umap(adata, color="leiden", ax=axes[1], show=False, title="Leiden on scRobust embeddings")
     fig.savefig(out / "umap.png", dpi=110, bbox_inches="tight")
