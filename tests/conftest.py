@@ -33,6 +33,14 @@ def demo_subset(n_cells: int, n_genes: int, extra_genes=(), seed: int = 0):
     return adata[cells, np.sort(list(genes))].copy()
 
 
+def tiny_model(adata):
+    """An untrained TINY model on a registered copy of ``adata`` (seed 0)."""
+    scvi.settings.seed = 0
+    adata = adata.copy()
+    scrobust.SCRobust.setup_anndata(adata)
+    return scrobust.SCRobust(adata, **TINY)
+
+
 @pytest.fixture
 def small_pbmc():
     """200 cells x 800 genes of the demo data, for quick API tests."""

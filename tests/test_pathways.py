@@ -4,10 +4,8 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
-import scvi
 import torch
 
-import scrobust_sc as scrobust
 from scrobust_sc.tl import (
     annotate_pathways,
     closeness,
@@ -16,7 +14,7 @@ from scrobust_sc.tl import (
     pathway_vectors,
 )
 
-from .conftest import TINY, demo_subset  # noqa: E402
+from .conftest import demo_subset, tiny_model  # noqa: E402
 
 SETS = {
     "monocyte": ["CD14", "LYZ", "S100A8", "S100A9", "FCN1"],
@@ -36,10 +34,7 @@ def data():
 
 @pytest.fixture(scope="module")
 def model(data):
-    scvi.settings.seed = 0
-    adata = data.copy()
-    scrobust.SCRobust.setup_anndata(adata)
-    return scrobust.SCRobust(adata, **TINY)
+    return tiny_model(data)
 
 
 def encode(model, idx, vals):

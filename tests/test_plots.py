@@ -6,13 +6,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
-import scvi  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 
 import scrobust_sc as scrobust  # noqa: E402
 
-from .conftest import TINY, demo_subset  # noqa: E402
+from .conftest import demo_subset, tiny_model  # noqa: E402
 
 SETS = {
     "monocyte": ["CD14", "LYZ", "S100A8", "S100A9", "FCN1"],
@@ -39,10 +38,7 @@ def data():
 
 @pytest.fixture(scope="module")
 def model(data):
-    scvi.settings.seed = 0
-    adata = data.copy()
-    scrobust.SCRobust.setup_anndata(adata)
-    return scrobust.SCRobust(adata, **TINY)
+    return tiny_model(data)
 
 
 def assert_png(path):
