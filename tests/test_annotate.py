@@ -107,3 +107,25 @@ def test_untrained_model_cannot_annotate(small_pbmc):
     SCRobust.setup_anndata(small_pbmc)
     with pytest.raises(ValueError, match="not fine-tuned"):
         scrobust.tl.annotate(small_pbmc.copy(), model=SCRobust(small_pbmc, **TINY))
+
+
+def test_ctrl_c_during_training_keeps_the_best_weights(small_pbmc, seeded, caplog):
+    import signal
+
+    from lightning.pytorch.callbacks import Callback
+
+    class CtrlC(Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            if trainer.current_epoch == 2:
+                raise KeyboardInterrupt
+
+    handler = signal.getsignal(signal.SIGINT)
+    SCRobust.setup_anndata(small_pbmc, labels_key="cell_type")
+    model = SCRobust(small_pbmc, **TINY)
+    with caplog.at_level("WARNING", logger="scrobust_sc"):
+        model.train(max_epochs=10, n_genes=64, callbacks=[CtrlC()], **QUIET)
+    assert "interrupted" in caplog.text
+    assert signal.getsignal(signal.SIGINT) is handler  # Ctrl+C works again afterwards
+    assert model.train_params_["train"]["best_epoch"] <= 3
+    assert len(model.history["f1_macro_validation"]) == 3
+    assert len(model.predict()) == small_pbmc.n_obs

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,7 +27,7 @@ from scrobust_sc.data._ranking import expressed_fraction, hvg_score
 from scrobust_sc.data._splits import class_weights, stratified_validation_split
 from scrobust_sc.data._validation import check_finite_nonnegative, check_gene_names, detect_input_kind
 from scrobust_sc.module import SCRobustModule, default_view_size
-from scrobust_sc.train import ClassifierPlan, PretrainingPlan, StageRunner
+from scrobust_sc.train import ClassifierPlan, InterruptRecorder, PretrainingPlan, StageRunner
 
 from ._io import load_model_files, save_model_files
 
@@ -382,6 +383,9 @@ class SCRobust(BaseModelClass):
         trainer_kwargs.setdefault("log_every_n_steps", 1)
         if settings.num_threads is not None:
             torch.set_num_threads(settings.num_threads)
+        interrupt = InterruptRecorder()
+        trainer_kwargs["callbacks"] = [*(trainer_kwargs.get("callbacks") or []), interrupt]
+        sigint_handler = signal.getsignal(signal.SIGINT)
         self.module.train()
         runner = self._train_runner_cls(
             self,
@@ -392,7 +396,21 @@ class SCRobust(BaseModelClass):
             devices=devices,
             **trainer_kwargs,
         )
-        return runner()
+        try:
+            runner()
+        except SystemExit:
+            # Lightning turns Ctrl+C into sys.exit(1); keep the model and the session alive instead
+            if interrupt.epoch is None:
+                raise
+            self.module.eval()
+            self.is_trained_ = True
+            logger.warning(
+                "Training interrupted (Ctrl+C) during epoch %d: the model keeps %s.",
+                interrupt.epoch + 1,
+                "the weights of the best validation epoch" if isinstance(plan, ClassifierPlan) else "its last weights",
+            )
+        finally:
+            signal.signal(signal.SIGINT, sigint_handler)  # Lightning leaves Ctrl+C ignored
 
     def _batch_size_for(self, n_cells: int, batch_size: int, minimum: int = 2) -> int:
         if n_cells < minimum:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from lightning.pytorch.callbacks import Callback
 from scvi.train import TrainRunner
 from scvi.train._trainrunner import _safe_load_logger_history
 
@@ -30,3 +31,14 @@ class StageRunner(TrainRunner):
             else:
                 history[key] = frame
         self.model.history_ = history
+
+
+class InterruptRecorder(Callback):
+    """Records the epoch at which training was interrupted by Ctrl+C (``KeyboardInterrupt``)."""
+
+    def __init__(self):
+        self.epoch: int | None = None
+
+    def on_exception(self, trainer, pl_module, exception):
+        if isinstance(exception, KeyboardInterrupt):
+            self.epoch = trainer.current_epoch
