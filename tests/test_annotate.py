@@ -18,7 +18,8 @@ def test_annotate_writes_documented_keys_and_nothing_else(small_pbmc, seeded):
     before_x = adata.X.copy()
     before_uns = set(adata.uns)
     scrobust.tl.annotate(adata, labels_key="cell_type", **FAST)
-    assert set(adata.obs.columns) - set(before_obs.columns) == {"scrobust_label", "scrobust_confidence"}
+    new = {"scrobust_label", "scrobust_confidence", "scrobust_novelty"}
+    assert set(adata.obs.columns) - set(before_obs.columns) == new
     pd.testing.assert_frame_equal(adata.obs[before_obs.columns], before_obs)
     assert (adata.X != before_x).nnz == 0
     assert set(adata.obsm) == {"X_scrobust", "scrobust_probabilities"}
@@ -28,8 +29,9 @@ def test_annotate_writes_documented_keys_and_nothing_else(small_pbmc, seeded):
     assert proba.shape == (adata.n_obs, len(adata.uns["scrobust"]["cell_types"]))
     np.testing.assert_allclose(proba.sum(1), 1, rtol=1e-5)
     np.testing.assert_allclose(adata.obs["scrobust_confidence"], proba.max(1), rtol=1e-6)
-    low = adata.obs["scrobust_confidence"] < 0.5
+    low = adata.obs["scrobust_novelty"] > 1.2  # the documented default; no probability threshold
     assert (adata.obs.loc[low, "scrobust_label"] == "Unknown").all()
+    assert (adata.obs.loc[~low, "scrobust_label"] != "Unknown").all()
 
 
 def test_annotate_copy_leaves_the_input_untouched(small_pbmc, seeded):

@@ -30,3 +30,19 @@ def test_fine_tuning_is_on_par_with_logistic_regression(pbmc):
     ours = f1_score(truth, model.predict(test), average="macro")
     assert ours >= logreg - LOGREG_TOLERANCE, (ours, logreg)
     assert ours > majority + 0.3, (ours, majority)
+
+
+def test_a_held_out_type_is_mostly_called_unknown(pbmc):
+    """Monocytes never seen in training; novelty (default 1.2) vs a max-probability threshold of 0.5."""
+    train, test, truth = _split(pbmc)
+    held_out = "CD14+ Monocyte"
+    train = train[train.obs["cell_type"] != held_out].copy()
+    scvi.settings.seed = 0
+    model = scrobust.tl.fit_annotator(train, "cell_type", pretrain=False, train_kwargs=QUIET)
+    scrobust.tl.annotate(test, model=model)
+    called = test.obs["scrobust_label"].astype(str).to_numpy() == "Unknown"
+    novel = truth == held_out
+    by_probability = model.predict(test, unknown_threshold=0.5) == "Unknown"
+    assert called[novel].mean() > 0.5, called[novel].mean()
+    assert called[novel].mean() > by_probability[novel].mean() + 0.3
+    assert called[~novel].mean() < 0.1, called[~novel].mean()

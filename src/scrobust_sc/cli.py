@@ -95,7 +95,9 @@ def _cmd_annotate(args) -> None:
     quiet = _quiet_lightning(args.verbose)
     if args.model:
         model = _load_model(args.model)
-        tl.annotate(query, model=model, unknown_threshold=args.unknown_threshold)
+        tl.annotate(
+            query, model=model, unknown_threshold=args.unknown_threshold, novelty_threshold=args.novelty_threshold
+        )
     else:
         if not args.reference or not args.labels_key:
             raise CLIError("give --model, or --reference with --labels-key")
@@ -108,6 +110,7 @@ def _cmd_annotate(args) -> None:
             labels_key=args.labels_key,
             layer=args.layer,
             unknown_threshold=args.unknown_threshold,
+            novelty_threshold=args.novelty_threshold,
             max_epochs=args.max_epochs,
             pretrain_steps=args.max_steps,
             pretrain_kwargs=quiet,
@@ -178,7 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--max-epochs", type=int, default=20)
         p.add_argument("--out", required=True, help="annotated .h5ad to write")
         p.add_argument("--csv", default=None, help="also write labels and confidences as CSV")
-        p.add_argument("--unknown-threshold", type=float, default=0.5, help="confidence under which a cell is Unknown")
+        p.add_argument("--unknown-threshold", type=float, default=None, help="confidence under which a cell is Unknown")
+        p.add_argument("--novelty-threshold", type=float, default=1.2, help="novelty above which a cell is Unknown")
         common(p, model=True)
         p.set_defaults(func=_cmd_annotate if name == "annotate" else _cmd_predict)
 

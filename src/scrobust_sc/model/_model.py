@@ -626,7 +626,23 @@ class SCRobust(BaseModelClass):
                 self.train_params_["train"]["best_epoch"] = int(plan.best_epoch) + 1
                 self.train_params_["train"]["best_validation_f1_macro"] = float(plan.best_score)
             self.module.eval()
+        self._store_reference(train_idx, codes[train_idx])
         self.is_fine_tuned_ = True
+
+    @torch.inference_mode()
+    def _store_reference(self, cells: np.ndarray, codes: np.ndarray, max_per_type: int = 500) -> None:
+        """Keep up to ``max_per_type`` training cells' embeddings per type for :meth:`predict_novelty`."""
+        rng = np.random.default_rng(settings.seed or 0)
+        keep = np.concatenate([rng.permutation(cells[codes == c])[:max_per_type] for c in np.unique(codes)])
+        keep.sort()
+        params = self.train_params_["train"]
+        embeddings, labels = [], []
+        for t in self._batches(None, keep, 256):
+            embeddings.append(
+                self.module.classify(t, params["gene_selection"], params["n_genes"], return_embedding=True)[1]
+            )
+            labels.append(t[REGISTRY_KEYS.LABELS_KEY].view(-1).long())
+        self.module.set_reference(torch.cat(embeddings), torch.cat(labels))
 
     # --------------------------------------------------------------- inference
     def _batches(self, adata: ad.AnnData | None, indices, batch_size: int):
@@ -684,6 +700,23 @@ class SCRobust(BaseModelClass):
         return torch.cat(out).numpy()
 
     @torch.inference_mode()
+    def _classify_cells(self, adata, indices, batch_size: int) -> tuple[pd.DataFrame, np.ndarray]:
+        if self.module.classifier is None:
+            raise ValueError("This model has no classifier: fine-tune it with labels first (`model.train`).")
+        params = self.train_params_.get("train", {})
+        selection, n_genes = params.get("gene_selection", "mixed"), params.get("n_genes", 800)
+        probs, novelty = [], []
+        for t in self._batches(adata, indices, batch_size):
+            logits, z = self.module.classify(t, selection, n_genes, return_embedding=True)
+            p = torch.softmax(logits.float(), dim=1)
+            probs.append(p.cpu())
+            novelty.append(self.module.novelty(z, p.argmax(1)).cpu())
+        names = (adata if adata is not None else self.adata).obs_names
+        if indices is not None:
+            names = names[np.asarray(indices)]
+        proba = pd.DataFrame(torch.cat(probs).numpy(), index=names, columns=self.cell_types_)
+        return proba, torch.cat(novelty).numpy()
+
     def predict_proba(self, adata: ad.AnnData | None = None, indices=None, *, batch_size: int = 256) -> pd.DataFrame:
         """Class probabilities, cells x cell types.
 
@@ -691,17 +724,21 @@ class SCRobust(BaseModelClass):
         --------
         >>> model.predict_proba(query).idxmax(axis=1)  # doctest: +SKIP
         """
-        if self.module.classifier is None:
-            raise ValueError("This model has no classifier: fine-tune it with labels first (`model.train`).")
-        params = self.train_params_.get("train", {})
-        selection, n_genes = params.get("gene_selection", "mixed"), params.get("n_genes", 800)
-        chunks, names = [], None
-        for t in self._batches(adata, indices, batch_size):
-            chunks.append(torch.softmax(self.module.classify(t, selection, n_genes).float(), dim=1).cpu())
-        names = (adata if adata is not None else self.adata).obs_names
-        if indices is not None:
-            names = names[np.asarray(indices)]
-        return pd.DataFrame(torch.cat(chunks).numpy(), index=names, columns=self.cell_types_)
+        return self._classify_cells(adata, indices, batch_size)[0]
+
+    def predict_novelty(self, adata: ad.AnnData | None = None, indices=None, *, batch_size: int = 256) -> np.ndarray:
+        """Novelty of each cell: distance to the reference cells of its predicted type.
+
+        The mean distance (in the fine-tuned embedding) to the 5 nearest training cells of
+        the predicted type, divided by the 95th percentile of the same distance among that
+        type's training cells. Above 1, a cell is farther from the type than nearly all of
+        its own cells: a candidate for a type the model never saw.
+
+        Examples
+        --------
+        >>> novel = model.predict_novelty(query) > 1  # doctest: +SKIP
+        """
+        return self._classify_cells(adata, indices, batch_size)[1]
 
     def predict(
         self,
@@ -710,6 +747,7 @@ class SCRobust(BaseModelClass):
         *,
         soft: bool = False,
         unknown_threshold: float | None = None,
+        novelty_threshold: float | None = None,
         allowed_labels: Sequence[str] | None = None,
         batch_size: int = 256,
     ):
@@ -725,6 +763,9 @@ class SCRobust(BaseModelClass):
             Return the probabilities (a DataFrame) instead of labels.
         unknown_threshold
             Cells with confidence below it are called ``"Unknown"``; ``None`` never does.
+        novelty_threshold
+            Cells whose novelty (:meth:`predict_novelty`) exceeds it are called
+            ``"Unknown"``; ``None`` never does.
         allowed_labels
             Restrict predictions to these cell types (probabilities renormalised over them).
 
@@ -736,12 +777,15 @@ class SCRobust(BaseModelClass):
         --------
         >>> labels = model.predict(query, unknown_threshold=0.5)  # doctest: +SKIP
         """
-        proba = restrict_labels(self.predict_proba(adata, indices, batch_size=batch_size), allowed_labels)
+        proba, novelty = self._classify_cells(adata, indices, batch_size)
+        proba = restrict_labels(proba, allowed_labels)
         if soft:
             return proba
         labels = proba.columns.to_numpy()[proba.to_numpy().argmax(axis=1)].astype(object)
         if unknown_threshold is not None:
             labels[proba.to_numpy().max(axis=1) < unknown_threshold] = UNKNOWN_LABEL
+        if novelty_threshold is not None:
+            labels[novelty > novelty_threshold] = UNKNOWN_LABEL
         return labels.astype(str)
 
     def get_attention(
@@ -823,8 +867,11 @@ class SCRobust(BaseModelClass):
         meta, state = load_model_files(Path(dir_path), expected_class=cls.__name__)
         model = cls(adata=None, registry=meta["registry"], **meta["init_params"])
         model.gene_names_ = meta["gene_names"]
+        for name in ("reference_embedding", "reference_label", "reference_threshold"):
+            if name in state:  # sized by the training data
+                setattr(model.module, name, torch.empty_like(state[name]))
         missing, unexpected = model.module.load_state_dict(state, strict=False)
-        if unexpected or [k for k in missing if not k.startswith("classifier")]:
+        if unexpected or [k for k in missing if not k.startswith(("classifier", "reference_"))]:
             raise ValueError(
                 f"{dir_path}: the weights do not fit the saved settings "
                 f"(missing {missing[:5]}, unexpected {unexpected[:5]}). The file is corrupted."

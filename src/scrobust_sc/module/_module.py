@@ -88,6 +88,9 @@ class SCRobustModule(BaseModuleClass):
         self.register_buffer("unique_score", torch.zeros(n_genes))
         self.register_buffer("hvg_score", torch.zeros(n_genes))
         self.register_buffer("class_weight", torch.ones(max(n_labels, 1)))
+        self.register_buffer("reference_embedding", torch.zeros(0, d_model))
+        self.register_buffer("reference_label", torch.zeros(0, dtype=torch.long))
+        self.register_buffer("reference_threshold", torch.zeros(0))
 
     # ---- inputs -----------------------------------------------------------------
     def _normalized(self, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -171,10 +174,13 @@ class SCRobustModule(BaseModuleClass):
         )
 
     # ---- classification ------------------------------------------------------------
-    def classify(self, tensors, gene_selection: str, n_genes: int, token_dropout: float = 0.0) -> torch.Tensor:
+    def classify(
+        self, tensors, gene_selection: str, n_genes: int, token_dropout: float = 0.0, return_embedding: bool = False
+    ):
         """Class logits ``(B, n_labels)`` from the CLS output (and the linear gene head).
 
         ``token_dropout`` (training only) hides a random share of each cell's input genes.
+        With ``return_embedding``, also the CLS output the classifier read.
         """
         if self.classifier is None:
             raise RuntimeError("This model has no classifier: register labels_key in setup_anndata.")
@@ -182,10 +188,45 @@ class SCRobustModule(BaseModuleClass):
         if self.training and token_dropout > 0:
             valid = valid & (torch.rand(valid.shape, device=valid.device) >= token_dropout)
             vals = vals * valid
-        logits = self.classifier(self.encoder(idx, vals, valid))
+        z = self.encoder(idx, vals, valid)
+        logits = self.classifier(z)
         if self.gene_linear is not None:
             logits = logits + torch.einsum("bl,blk->bk", vals, self.gene_linear(idx))
-        return logits
+        return (logits, z) if return_embedding else logits
+
+    # ---- novelty: distance to the reference cells of the predicted type ----------
+    def set_reference(self, z: torch.Tensor, labels: torch.Tensor, *, k: int = 5, quantile: float = 0.95) -> None:
+        """Store reference embeddings and, per type, the ``quantile`` of their own k-NN distances."""
+        self.reference_embedding = z.detach().float().clone()
+        self.reference_label = labels.detach().long().clone()
+        threshold = torch.full((self.n_labels,), float("inf"), device=z.device)
+        for c in range(self.n_labels):
+            zc = self.reference_embedding[self.reference_label == c]
+            if zc.shape[0] > 2:
+                d = torch.cdist(zc, zc)
+                d.fill_diagonal_(float("inf"))
+                kk = min(k, zc.shape[0] - 1)
+                own = d.topk(kk, largest=False).values.mean(1)
+                threshold[c] = torch.quantile(own, quantile)
+        self.reference_threshold = threshold
+
+    def novelty(self, z: torch.Tensor, predicted: torch.Tensor, *, k: int = 5) -> torch.Tensor:
+        """Mean distance to the ``k`` nearest reference cells of the predicted type over that type's threshold.
+
+        Above 1: farther from the type's reference cells than 95% of them are from each other.
+        0 when no reference is stored.
+        """
+        out = torch.zeros(z.shape[0], device=z.device)
+        if self.reference_embedding.numel() == 0:
+            return out
+        for c in predicted.unique().tolist():
+            ref = self.reference_embedding[self.reference_label == c]
+            if ref.shape[0] == 0 or not torch.isfinite(self.reference_threshold[c]):
+                continue
+            rows = predicted == c
+            d = torch.cdist(z[rows].float(), ref).topk(min(k, ref.shape[0]), largest=False).values.mean(1)
+            out[rows] = d / self.reference_threshold[c].clamp_min(1e-12)
+        return out
 
     def classification_loss(
         self, tensors, gene_selection: str, n_genes: int, label_smoothing: float = 0.0, token_dropout: float = 0.0

@@ -14,8 +14,13 @@ from scrobust_sc.model._model import restrict_labels
 
 logger = logging.getLogger("scrobust_sc")
 
-#: Default confidence (largest class probability) under which a cell is called "Unknown".
-DEFAULT_UNKNOWN_THRESHOLD = 0.5
+#: Default confidence (largest class probability) under which a cell is called "Unknown":
+#: none. Measured (docs/design.md), a probability threshold catches almost no cells of
+#: unseen types and rejects known cells; novelty does the job.
+DEFAULT_UNKNOWN_THRESHOLD = None
+#: Default novelty (distance to the predicted type's reference cells over that type's own
+#: 95th percentile) above which a cell is called "Unknown".
+DEFAULT_NOVELTY_THRESHOLD = 1.2
 
 
 def _training_view(adata: ad.AnnData, labels_key: str, layer: str | None) -> ad.AnnData:
@@ -74,6 +79,8 @@ def write_annotation(
     key_added: str,
     unknown_threshold: float | None,
     allowed_labels: Sequence[str] | None,
+    novelty: np.ndarray | None = None,
+    novelty_threshold: float | None = None,
 ) -> None:
     """Write labels, confidences and probabilities of ``proba`` into ``target``."""
     proba = restrict_labels(proba, allowed_labels)
@@ -82,6 +89,10 @@ def write_annotation(
     labels = proba.columns.to_numpy()[values.argmax(axis=1)].astype(object)
     if unknown_threshold is not None:
         labels[confidence < unknown_threshold] = UNKNOWN_LABEL
+    if novelty is not None:
+        target.obs[f"{key_added}_novelty"] = novelty.astype(np.float32)
+        if novelty_threshold is not None:
+            labels[novelty > novelty_threshold] = UNKNOWN_LABEL
     categories = list(proba.columns) + ([UNKNOWN_LABEL] if UNKNOWN_LABEL not in proba.columns else [])
     target.obs[f"{key_added}_label"] = pd.Categorical(labels.astype(str), categories=categories)
     target.obs[f"{key_added}_confidence"] = confidence.astype(np.float32)
@@ -96,6 +107,7 @@ def annotate(
     reference: ad.AnnData | None = None,
     layer: str | None = None,
     unknown_threshold: float | None = DEFAULT_UNKNOWN_THRESHOLD,
+    novelty_threshold: float | None = DEFAULT_NOVELTY_THRESHOLD,
     allowed_labels: Sequence[str] | None = None,
     key_added: str = DEFAULT_KEY,
     embedding_key: str | None = EMBEDDING_KEY,
@@ -117,7 +129,8 @@ def annotate(
     * ``model``: a trained model (e.g. ``SCRobust.load(...)``) annotates ``adata``.
 
     Writes ``obs[f"{key_added}_label"]`` (categorical; ``"Unknown"`` where the confidence
-    is below ``unknown_threshold``), ``obs[f"{key_added}_confidence"]`` (largest class
+    is below ``unknown_threshold`` or the novelty above ``novelty_threshold``),
+    ``obs[f"{key_added}_novelty"]``, ``obs[f"{key_added}_confidence"]`` (largest class
     probability), ``obsm[f"{key_added}_probabilities"]`` (cells x types, columns in
     ``uns[key_added]["cell_types"]``), ``obsm[embedding_key]`` and ``uns[key_added]``
     (parameters and the gene-matching report).
@@ -136,6 +149,10 @@ def annotate(
         Layer with the counts, in ``adata`` and ``reference``.
     unknown_threshold
         Confidence under which a cell is ``"Unknown"``; ``None`` never rejects.
+    novelty_threshold
+        Novelty (see :meth:`~scrobust_sc.model.SCRobust.predict_novelty`) above which a cell
+        is ``"Unknown"``: it lies farther from the reference cells of its predicted type than
+        95% of them lie from each other. ``None`` never rejects on novelty.
     allowed_labels
         Restrict the predictions to these cell types.
     key_added
@@ -187,11 +204,17 @@ def annotate(
         query = adata
     if model.module.classifier is None or not getattr(model, "is_fine_tuned_", False):
         raise ValueError("The model is not fine-tuned for cell types: train it with labels (`model.train`).")
-    proba = model.predict_proba(query)
+    proba, novelty = model._classify_cells(query, None, 256)
     report = getattr(model, "last_alignment_", None) if query is not model.adata else None
     target = adata.copy() if copy else adata
     write_annotation(
-        target, proba, key_added=key_added, unknown_threshold=unknown_threshold, allowed_labels=allowed_labels
+        target,
+        proba,
+        key_added=key_added,
+        unknown_threshold=unknown_threshold,
+        allowed_labels=allowed_labels,
+        novelty=novelty,
+        novelty_threshold=novelty_threshold,
     )
     if embedding_key is not None:
         target.obsm[embedding_key] = model.get_latent_representation(query)
@@ -199,6 +222,7 @@ def annotate(
         "params": {
             "labels_key": labels_key,
             "unknown_threshold": unknown_threshold,
+            "novelty_threshold": novelty_threshold,
             "allowed_labels": list(allowed_labels) if allowed_labels is not None else None,
             "layer": layer,
             "embedding_key": embedding_key,
