@@ -21,11 +21,13 @@ def dropout_counts(matrix, p: float, *, seed: int = 0) -> sparse.csr_matrix:
     rng = np.random.default_rng(seed)
     out = sparse.csr_matrix(matrix, copy=True)
     out.eliminate_zeros()
-    for row in range(out.shape[0]):
-        start, end = out.indptr[row], out.indptr[row + 1]
-        n_drop = int(round(p * (end - start)))
-        if n_drop:
-            out.data[start + rng.choice(end - start, n_drop, replace=False)] = 0
+    per_row = np.diff(out.indptr)
+    rows = np.repeat(np.arange(out.shape[0]), per_row)
+    order = np.lexsort((rng.random(out.nnz), rows))  # random order within each row
+    rank = np.empty(out.nnz, dtype=np.int64)
+    rank[order] = np.arange(out.nnz) - out.indptr[rows[order]]
+    n_drop = np.rint(p * per_row).astype(np.int64)
+    out.data[rank < n_drop[rows]] = 0
     out.eliminate_zeros()
     return out
 
