@@ -131,3 +131,24 @@ def test_ctrl_c_during_training_keeps_the_best_weights(small_pbmc, seeded, caplo
     assert model.train_params_["train"]["best_epoch"] <= 3
     assert len(model.history["f1_macro_validation"]) == 3
     assert len(model.predict()) == small_pbmc.n_obs
+
+
+def test_model_level_helpers_agree_with_the_tools(small_pbmc, tmp_path, seeded):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from scrobust_sc.tl import gene_attention
+
+    model = scrobust.tl.fit_annotator(
+        small_pbmc,
+        "cell_type",
+        model_kwargs=TINY,
+        pretrain_kwargs={"max_steps": 3, **QUIET},
+        train_kwargs={"max_epochs": 2, "n_genes": 64, **QUIET},
+    )
+    out = scrobust.tl.annotate(small_pbmc, model=model, copy=True)
+    np.testing.assert_allclose(model.predict_novelty(small_pbmc), out.obs["scrobust_novelty"], rtol=1e-5)
+    assert (model.get_attention(small_pbmc) != gene_attention(model, small_pbmc)).nnz == 0
+    ax = scrobust.pl.history(model, save=str(tmp_path / "history.png"))
+    assert (tmp_path / "history.png").stat().st_size > 5000
+    assert any("contrastive_loss_train" in t.get_text() for t in ax.get_legend().get_texts())
