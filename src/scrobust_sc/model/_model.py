@@ -474,10 +474,8 @@ class SCRobust(BaseModelClass):
         steps_per_epoch = max(n_train // batch_size, 1)
         if max_epochs is None:
             max_epochs = math.ceil((max_steps or DEFAULT_PRETRAIN_STEPS) / steps_per_epoch)
-        elif max_steps is not None:
-            trainer_kwargs["max_steps"] = max_steps
         if max_steps is not None:
-            trainer_kwargs.setdefault("max_steps", max_steps)
+            trainer_kwargs["max_steps"] = max_steps
         plan = PretrainingPlan(self.module, lr=lr, **(plan_kwargs or {}))
         self.train_params_["pretrain"] = {
             "max_epochs": max_epochs,
