@@ -2,11 +2,12 @@
 
 import logging
 
-from . import data, model, nn, pl, pp, tl
+from . import benchmark, data, model, nn, pl, pp, tl
+from ._settings import settings
 from .model import SCRobust
 
 __version__ = "0.1.0"
 
 logging.getLogger("scrobust_sc").addHandler(logging.NullHandler())
 
-__all__ = ["SCRobust", "__version__", "data", "model", "nn", "pl", "pp", "tl"]
+__all__ = ["SCRobust", "__version__", "benchmark", "data", "model", "nn", "pl", "pp", "settings", "tl"]

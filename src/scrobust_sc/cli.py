@@ -1,4 +1,4 @@
-"""The ``scrobust`` command line: pretrain, train, annotate, embed, predict, demo."""
+"""The ``scrobust`` command line: pretrain, train, annotate, embed, predict, benchmark, demo."""
 
 from __future__ import annotations
 
@@ -133,6 +133,45 @@ def _cmd_predict(args) -> None:
     _cmd_annotate(args)
 
 
+def _cmd_benchmark(args) -> None:
+    import json
+
+    from scrobust_sc import benchmark
+
+    try:
+        options = json.loads(args.scrobust_options)
+    except json.JSONDecodeError as err:
+        raise CLIError(f"--scrobust-options is not valid JSON: {err}") from None
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    _quiet_lightning(args.verbose)
+    for path in args.data:
+        adata = _read(path)
+        if args.labels_key not in adata.obs.columns:
+            raise CLIError(f"labels column {args.labels_key!r} not in {path} (obs columns: {list(adata.obs.columns)})")
+        results = benchmark.run_benchmark(
+            adata,
+            args.labels_key,
+            protocol=args.protocol,
+            methods=methods,
+            n_folds=args.folds,
+            folds=args.fold_index,
+            repeats=args.repeats,
+            seed=args.seed,
+            split_key=args.split_key,
+            dropout_rates=args.dropout_rates,
+            scrobust_options=options,
+            quick=args.quick,
+            dataset=Path(path).stem,
+        )
+        name = f"{Path(path).stem}_{args.protocol}{args.tag and '_' + args.tag}.csv"
+        results.to_csv(out / name, index=False)
+        logger.info("wrote %s", out / name)
+    benchmark.write_report(out)
+    logger.info("wrote %s and plots", out / "summary.md")
+
+
 def _cmd_demo(args) -> None:
     from scrobust_sc._demo_job import run_demo
 
@@ -192,6 +231,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help=".h5ad to write")
     p.add_argument("--n-genes", type=int, default=1000)
     p.set_defaults(func=_cmd_embed)
+
+    p = sub.add_parser("benchmark", help="compare scRobust with peers on the same seeded splits")
+    p.add_argument("--data", required=True, nargs="+", help="labelled .h5ad file(s)")
+    p.add_argument("--labels-key", default="cell_type", help="obs column of cell types")
+    p.add_argument("--protocol", default="cv", choices=["cv", "dropout", "novel", "cross", "ablation"])
+    p.add_argument("--methods", default="scrobust,celltypist,scanvi,logreg,knn", help="comma-separated")
+    p.add_argument("--folds", type=int, default=5, help="folds of the stratified split")
+    p.add_argument("--fold-index", type=int, nargs="+", default=None, help="run only these splits")
+    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--split-key", default=None, help="obs column to cross (protocol cross), e.g. platform")
+    p.add_argument("--dropout-rates", type=float, nargs="+", default=[0.3, 0.5])
+    p.add_argument("--scrobust-options", default="{}", help="JSON: pretrain, model/pretrain/train_kwargs")
+    p.add_argument("--quick", action="store_true", help="tiny configuration that checks the harness")
+    p.add_argument("--tag", default="", help="suffix of the results file name")
+    p.add_argument("--out", default="benchmark_results", help="folder for CSVs, summary.md and plots")
+    p.set_defaults(func=_cmd_benchmark)
 
     p = sub.add_parser("demo", help="pre-train on the bundled PBMCs; embeddings, Leiden, UMAP, plots")
     p.add_argument("--out", default="demo_output")

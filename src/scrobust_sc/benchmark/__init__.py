@@ -1,5 +1,46 @@
-"""Evaluation protocols and peer baselines."""
+"""Evaluation protocols, the peers they compare against, and their reports."""
 
 from ._baselines import hvg_features, knn_pca_baseline, logistic_regression_baseline, majority_baseline
+from ._methods import (
+    ABLATION_VARIANTS,
+    METHODS,
+    Prediction,
+    celltypist_method,
+    knn_method,
+    logreg_method,
+    scanvi_method,
+    scrobust_method,
+)
+from ._metrics import classification_scores, novel_type_scores
+from ._report import markdown_table, plot_benchmark, summarize, write_report
+from ._run import COLUMNS, PROTOCOLS, quick_subset, run_benchmark
+from ._splits import Split, cross_splits, cv_splits, novel_splits
 
-__all__ = ["hvg_features", "knn_pca_baseline", "logistic_regression_baseline", "majority_baseline"]
+__all__ = [
+    "ABLATION_VARIANTS",
+    "COLUMNS",
+    "METHODS",
+    "PROTOCOLS",
+    "Prediction",
+    "Split",
+    "celltypist_method",
+    "classification_scores",
+    "cross_splits",
+    "cv_splits",
+    "hvg_features",
+    "knn_method",
+    "knn_pca_baseline",
+    "logistic_regression_baseline",
+    "logreg_method",
+    "majority_baseline",
+    "markdown_table",
+    "novel_splits",
+    "novel_type_scores",
+    "plot_benchmark",
+    "quick_subset",
+    "run_benchmark",
+    "scanvi_method",
+    "scrobust_method",
+    "summarize",
+    "write_report",
+]

@@ -1,0 +1,230 @@
+"""The annotators a benchmark compares: scRobust and the peers users would pick instead.
+
+Every method takes a training and a test AnnData (raw counts, or log-normalised data the
+same way for both) and returns a :class:`Prediction`: the most likely label of each test
+cell and which cells the method itself would call "Unknown". The peers run through their
+own packages (CellTypist, scvi-tools' scANVI, scikit-learn); nothing is re-implemented.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from ._baselines import _log_normalized, hvg_features
+
+logger = logging.getLogger("scrobust_sc")
+
+#: Peers without a novelty score call a cell "Unknown" when no class reaches this
+#: probability (CellTypist's own ``p_thres`` in its "prob match" mode).
+PEER_REJECTION_PROBABILITY = 0.5
+
+
+@dataclass
+class Prediction:
+    """Predicted labels and the cells the method rejects as "Unknown".
+
+    Attributes
+    ----------
+    labels
+        Most likely training label of each test cell.
+    rejected
+        ``True`` where the method would answer "Unknown".
+    """
+
+    labels: np.ndarray
+    rejected: np.ndarray
+
+
+def _from_proba(proba: pd.DataFrame) -> Prediction:
+    values = proba.to_numpy()
+    return Prediction(
+        proba.columns.to_numpy()[values.argmax(axis=1)].astype(str),
+        values.max(axis=1) < PEER_REJECTION_PROBABILITY,
+    )
+
+
+def _require(module: str, extra: str = "benchmark"):
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise ImportError(
+            f"The {module!r} package is needed for this benchmark method: pip install 'scrobust-sc[{extra}]'."
+        ) from err
+
+
+def logreg_method(train: ad.AnnData, test: ad.AnnData, labels_key: str, *, seed: int = 0, quick: bool = False, **_):
+    """Logistic regression on the training fold's 2,000 HVGs (log-normalised, scaled).
+
+    Examples
+    --------
+    >>> pred = logreg_method(train, test, "cell_type")  # doctest: +SKIP
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    xtr, xte = hvg_features(train, test)
+    scaler = StandardScaler(with_mean=False).fit(xtr)
+    clf = LogisticRegression(max_iter=100 if quick else 1000, random_state=seed)
+    clf.fit(scaler.transform(xtr), train.obs[labels_key].astype(str).to_numpy())
+    return _from_proba(pd.DataFrame(clf.predict_proba(scaler.transform(xte)), columns=clf.classes_))
+
+
+def knn_method(train: ad.AnnData, test: ad.AnnData, labels_key: str, *, seed: int = 0, **_):
+    """Nearest neighbours (k=15) on 50 PCs of the training fold's scaled, clipped HVGs.
+
+    Examples
+    --------
+    >>> pred = knn_method(train, test, "cell_type")  # doctest: +SKIP
+    """
+    from sklearn.decomposition import PCA
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.preprocessing import StandardScaler
+
+    xtr, xte = hvg_features(train, test)
+    xtr = xtr.toarray() if hasattr(xtr, "toarray") else np.asarray(xtr)
+    xte = xte.toarray() if hasattr(xte, "toarray") else np.asarray(xte)
+    scaler = StandardScaler().fit(xtr)
+    ztr, zte = np.clip(scaler.transform(xtr), -10, 10), np.clip(scaler.transform(xte), -10, 10)
+    pca = PCA(n_components=min(50, ztr.shape[1] - 1, ztr.shape[0] - 1), random_state=seed).fit(ztr)
+    clf = KNeighborsClassifier(min(15, ztr.shape[0])).fit(pca.transform(ztr), train.obs[labels_key].astype(str))
+    return _from_proba(pd.DataFrame(clf.predict_proba(pca.transform(zte)), columns=clf.classes_))
+
+
+def celltypist_method(train: ad.AnnData, test: ad.AnnData, labels_key: str, *, seed: int = 0, quick: bool = False, **_):
+    """CellTypist trained on the training fold (all genes, log1p CP10k), as in BASELINES.md.
+
+    ``celltypist.train(feature_selection=False, max_iter=200)``, then
+    ``celltypist.annotate(majority_voting=False)``; a cell is rejected when no type
+    reaches probability 0.5 (CellTypist's "prob match" rule).
+
+    Examples
+    --------
+    >>> pred = celltypist_method(train, test, "cell_type")  # doctest: +SKIP
+    """
+    celltypist = _require("celltypist")
+    tr, te = _log_normalized(train, None), _log_normalized(test, None)
+    tr.obs[labels_key] = train.obs[labels_key].astype(str).to_numpy()
+    np.random.seed(seed)
+    model = celltypist.train(
+        tr, labels=labels_key, feature_selection=False, max_iter=20 if quick else 200, check_expression=False
+    )
+    result = celltypist.annotate(te, model=model, majority_voting=False)
+    return _from_proba(result.probability_matrix.loc[:, list(model.cell_types)])
+
+
+def scanvi_method(train: ad.AnnData, test: ad.AnnData, labels_key: str, *, seed: int = 0, quick: bool = False, **_):
+    """scANVI, transductive: test cells unlabelled, from an SCVI model on 2,000 training-fold HVGs.
+
+    As in BASELINES.md: raw counts, ``SCVI(n_layers=2, n_latent=30)`` for up to 100 epochs,
+    then ``SCANVI`` for 20 epochs with ``n_samples_per_label=100``.
+
+    Examples
+    --------
+    >>> pred = scanvi_method(train, test, "cell_type")  # doctest: +SKIP
+    """
+    import scanpy as sc
+    import scvi
+
+    if not _counts_like(train.X):
+        raise ValueError("scANVI needs raw counts; this dataset holds log-normalised values.")
+    hvg = ad.AnnData(train.X.copy(), var=pd.DataFrame(index=train.var_names))
+    sc.pp.highly_variable_genes(hvg, n_top_genes=min(2000, hvg.n_vars - 1), flavor="seurat_v3")
+    genes = train.var_names[hvg.var["highly_variable"].to_numpy()]
+    both = ad.concat([train[:, genes], test[:, genes]], label="_split", keys=["train", "test"], index_unique="-")
+    labels = np.concatenate([train.obs[labels_key].astype(str).to_numpy(), np.full(test.n_obs, "Unknown")])
+    both = ad.AnnData(both.X.astype(np.float32), obs=pd.DataFrame({"_label": labels}, index=both.obs_names))
+    both.var_names = np.asarray(genes)
+    scvi.settings.seed = seed
+    scvi.model.SCVI.setup_anndata(both, labels_key="_label")
+    quiet = {"enable_progress_bar": False}
+    vae = scvi.model.SCVI(both, n_layers=2, n_latent=30)
+    vae.train(max_epochs=2 if quick else 100, early_stopping=True, **quiet)
+    model = scvi.model.SCANVI.from_scvi_model(vae, unlabeled_category="Unknown")
+    model.train(max_epochs=1 if quick else 20, n_samples_per_label=100, **quiet)
+    proba = model.predict(both[train.n_obs :], soft=True)
+    return _from_proba(proba.loc[:, [c for c in proba.columns if c != "Unknown"]])
+
+
+def _counts_like(x) -> bool:
+    data = x.data if hasattr(x, "data") else np.asarray(x).ravel()
+    return bool(np.all(np.mod(data[:1_000_000], 1) == 0))
+
+
+#: scRobust at test sizes (``--quick``)
+QUICK_SCROBUST = {
+    "model_kwargs": {"d_model": 32, "n_heads": 2},
+    "pretrain_kwargs": {"max_steps": 20},
+    "train_kwargs": {"max_epochs": 2, "n_genes": 200},
+}
+
+
+def scrobust_method(
+    train: ad.AnnData,
+    test: ad.AnnData,
+    labels_key: str,
+    *,
+    seed: int = 0,
+    quick: bool = False,
+    options: dict | None = None,
+    **_,
+):
+    """Run scRobust through :func:`scrobust_sc.tl.fit_annotator` with the package defaults.
+
+    ``options`` may hold ``pretrain`` (bool), ``model_kwargs``, ``pretrain_kwargs`` and
+    ``train_kwargs``; ``quick`` shrinks the model and the training. Cells whose novelty
+    exceeds ``tl.annotate``'s default threshold are rejected.
+
+    Examples
+    --------
+    >>> pred = scrobust_method(train, test, "cell_type", options={"pretrain": False})  # doctest: +SKIP
+    """
+    import scvi
+
+    from scrobust_sc.tl import fit_annotator
+    from scrobust_sc.tl._annotate import DEFAULT_NOVELTY_THRESHOLD
+
+    options = dict(options or {})
+    base = QUICK_SCROBUST if quick else {}
+    kwargs = {
+        key: {**base.get(key, {}), **options.get(key, {})}
+        for key in ("model_kwargs", "pretrain_kwargs", "train_kwargs")
+    }
+    silent = {"enable_progress_bar": False}
+    scvi.settings.seed = seed
+    model = fit_annotator(
+        train,
+        labels_key,
+        model_kwargs=kwargs["model_kwargs"],
+        pretrain=options.get("pretrain", True),
+        pretrain_kwargs={**silent, **kwargs["pretrain_kwargs"]},
+        train_kwargs={**silent, **kwargs["train_kwargs"]},
+    )
+    proba, novelty = model._classify_cells(test, None, 256)
+    labels = _from_proba(proba).labels
+    return Prediction(labels, novelty > DEFAULT_NOVELTY_THRESHOLD)
+
+
+#: Method name -> function(train, test, labels_key, *, seed, quick, options) -> Prediction
+METHODS: dict[str, Callable[..., Prediction]] = {
+    "scrobust": scrobust_method,
+    "celltypist": celltypist_method,
+    "scanvi": scanvi_method,
+    "logreg": logreg_method,
+    "knn": knn_method,
+}
+
+#: The paper's ablation (Fig. 3d): variant name -> scRobust options
+ABLATION_VARIANTS: dict[str, dict] = {
+    "scrobust (default: pre-trained, mixed genes)": {},
+    "no pre-training": {"pretrain": False},
+    "random genes": {"train_kwargs": {"gene_selection": "random"}},
+    "HVGs": {"train_kwargs": {"gene_selection": "hvg"}},
+    "highly unique genes": {"train_kwargs": {"gene_selection": "unique"}},
+}

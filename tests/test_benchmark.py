@@ -1,0 +1,118 @@
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import f1_score
+from sklearn.model_selection import StratifiedKFold
+
+import scrobust_sc as scrobust
+from scrobust_sc import benchmark
+from scrobust_sc.cli import main
+
+
+def test_cv_splits_match_stratified_kfold_and_keep_rare_types_in_training():
+    labels = np.array(["a"] * 30 + ["b"] * 20 + ["rare"] * 3)
+    splits = benchmark.cv_splits(labels, 5, seed=0)
+    common = np.flatnonzero(labels != "rare")
+    expected = list(StratifiedKFold(5, shuffle=True, random_state=0).split(common, labels[common]))
+    tested = np.concatenate([s.test for s in splits])
+    assert np.array_equal(np.sort(tested), common)  # every common cell tested exactly once
+    for split, (_, test) in zip(splits, expected, strict=True):
+        assert np.array_equal(split.test, common[test])
+        assert np.intersect1d(split.train, split.test).size == 0
+        assert set(np.flatnonzero(labels == "rare")) <= set(split.train)
+        assert "rare" in split.note
+
+
+def test_novel_splits_hide_the_type_from_training_and_test_all_its_cells():
+    labels = np.array(["a"] * 30 + ["b"] * 20 + ["c"] * 15)
+    for split in benchmark.novel_splits(labels):
+        assert split.held_out not in set(labels[split.train])
+        assert set(np.flatnonzero(labels == split.held_out)) <= set(split.test)
+
+
+def test_cross_splits_train_on_one_group_and_drop_unlearnable_test_types():
+    groups = np.array(["x"] * 4 + ["y"] * 4)
+    labels = np.array(["a", "a", "b", "b", "a", "a", "c", "c"])
+    first = benchmark.cross_splits(groups, labels)[0]
+    assert set(groups[first.train]) == {"x"} and set(groups[first.test]) == {"y"}
+    assert set(labels[first.test]) == {"a"} and "'c'" in first.note
+    with pytest.raises(ValueError, match="single value"):
+        benchmark.cross_splits(["x"] * 3, ["a", "b", "a"])
+
+
+def test_classification_scores_agree_with_sklearn():
+    rng = np.random.default_rng(0)
+    y = rng.choice(list("abcd"), 200)
+    p = np.where(rng.random(200) < 0.7, y, rng.choice(list("abcd"), 200))
+    scores = benchmark.classification_scores(y, p)
+    assert scores["f1_macro"] == pytest.approx(f1_score(y, p, average="macro"))
+    assert scores["accuracy"] == pytest.approx(np.mean(y == p))
+    assert scores["class_accuracy:b"] == pytest.approx(np.mean(p[y == "b"] == "b"))
+
+
+def test_novel_scores_count_rejected_known_cells_as_errors():
+    y = np.array(["a", "a", "b", "b", "new", "new"])
+    pred = np.array(["a", "a", "b", "b", "a", "b"])
+    rejected = np.array([True, False, False, False, True, False])
+    s = benchmark.novel_type_scores(y, pred, rejected, "new")
+    assert s["unknown_accuracy"] == 0.5
+    assert s["known_f1_macro_no_rejection"] == 1.0
+    assert s["known_f1_macro"] < 1.0
+    assert s["known_rejected"] == 0.25
+
+
+def test_a_failing_method_is_recorded_and_the_others_still_run(monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("peer exploded")
+
+    monkeypatch.setitem(benchmark.METHODS, "broken", broken)
+    table = benchmark.run_benchmark(scrobust.data.pbmc_demo(), methods=["broken", "logreg"], quick=True)
+    errors = table[table["metric"] == "error"]
+    assert set(errors["method"]) == {"broken"} and errors["note"].str.contains("exploded").all()
+    assert (table.query("method == 'logreg' and metric == 'f1_macro'")["value"] > 0).all()
+
+
+def test_bad_protocol_methods_and_split_key_are_refused():
+    adata = scrobust.data.pbmc_demo()
+    with pytest.raises(ValueError, match="protocol"):
+        benchmark.run_benchmark(adata, protocol="loo")
+    with pytest.raises(ValueError, match="Unknown methods"):
+        benchmark.run_benchmark(adata, methods=["seurat"])
+    with pytest.raises(ValueError, match="split_key"):
+        benchmark.run_benchmark(adata, protocol="cross", methods=["logreg"], quick=True)
+
+
+def test_novel_protocol_scores_each_held_out_type():
+    adata = scrobust.data.pbmc_demo()
+    table = benchmark.run_benchmark(adata, protocol="novel", methods=["logreg"], quick=True)
+    folds = table.query("metric == 'unknown_accuracy'")["fold"]
+    assert len(folds) == 2 and folds.str.startswith("novel ").all()
+    assert "unknown_accuracy" in benchmark.markdown_table(table)
+
+
+def test_benchmark_command_runs_every_method_quickly(tmp_path, one_thread):
+    """The harness end to end: all five methods for real, CSV, summary and plots."""
+    data = tmp_path / "pbmc.h5ad"
+    scrobust.data.pbmc_demo().write_h5ad(data)
+    out = tmp_path / "results"
+    argv = ["benchmark", "--data", str(data), "--quick", "--out", str(out)]
+    assert main([*argv, "--methods", "scrobust,celltypist,scanvi,logreg,knn"]) == 0
+    table = pd.read_csv(out / "pbmc_cv.csv")
+    assert list(table.columns) == benchmark.COLUMNS
+    assert (table["metric"] != "error").all(), table.loc[table["metric"] == "error", "note"].tolist()
+    f1 = table.query("metric == 'f1_macro'").groupby("method")["value"].count()
+    assert f1.to_dict() == dict.fromkeys(["celltypist", "knn", "logreg", "scanvi", "scrobust"], 2)
+    assert "| pbmc | 0 | scrobust |" in (out / "summary.md").read_text()
+    assert (out / "f1_macro.png").exists() and (out / "class_accuracy_pbmc.png").exists()
+    # the dropout protocol adds rows to the same report, with its curve
+    assert main([*argv, "--methods", "logreg", "--protocol", "dropout", "--dropout-rates", "0", "0.5"]) == 0
+    assert (out / "f1_vs_dropout.png").exists()
+
+
+def test_benchmark_command_reports_bad_options(tmp_path, capsys):
+    data = tmp_path / "pbmc.h5ad"
+    scrobust.data.pbmc_demo().write_h5ad(data)
+    assert main(["benchmark", "--data", str(data), "--labels-key", "nope", "--out", str(tmp_path)]) == 2
+    assert "labels column 'nope'" in capsys.readouterr().err
+    assert main(["benchmark", "--data", str(data), "--scrobust-options", "{", "--out", str(tmp_path)]) == 2
+    assert "not valid JSON" in capsys.readouterr().err
