@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
+from ._memory import check_dense_budget, matrix_in_memory
 from ._validation import check_gene_names
 
 logger = logging.getLogger("scrobust_sc")
@@ -86,7 +87,8 @@ def match_genes(query_names: pd.Index, model_genes: pd.Index, *, min_overlap: fl
         if looks_like_ensembl(query_names) != looks_like_ensembl(model_genes):
             hint = (
                 " The query's genes look like Ensembl IDs and the model's do not (or the reverse): pass "
-                "`gene_symbols='<var column with symbols>'`."
+                "`gene_symbols='<var column with symbols>'` (to `SCRobust.setup_anndata` for training data, to "
+                "`model.align_query(query, gene_symbols=...)` for a query) or set `adata.var_names` from that column."
             )
         raise ValueError(
             f"Only {report.n_found} of the model's {len(model_genes)} genes are in the query "
@@ -115,6 +117,13 @@ def reindex_matrix(matrix, position: np.ndarray):
     )
     if sparse.issparse(matrix):
         return sparse.csr_matrix(matrix) @ selector
+    check_dense_budget(
+        matrix.shape[0],
+        n_model,
+        matrix.dtype,
+        what="Reordering a dense query matrix to the model's genes",
+        fix="Store the query sparse (`adata.X = scipy.sparse.csr_matrix(adata.X)`): sparse input stays sparse.",
+    )
     return np.asarray(selector.T @ np.asarray(matrix).T).T
 
 
@@ -128,7 +137,9 @@ def align_to_genes(
     """A new AnnData holding ``adata``'s cells over the model's genes, in the model's order.
 
     The user's AnnData is never modified. The matrix is shared when no reordering is
-    needed; otherwise a reordered sparse copy is made.
+    needed; otherwise a reordered sparse copy is made. A backed AnnData
+    (``read_h5ad(path, backed="r")``) has its matrix read into memory: sparse stays sparse,
+    dense is checked against ``scrobust_sc.settings.max_dense_bytes``.
 
     Parameters
     ----------
@@ -153,11 +164,15 @@ def align_to_genes(
     >>> aligned.X.tolist(), rep.share_missing
     ([[2.0, 1.0, 0.0]], 0.33333333333333337)
     """
+    if adata.n_obs == 0:
+        raise ValueError(f"The query AnnData has no cells ({adata.n_obs} cells x {adata.n_vars} genes).")
     names = query_gene_names(adata, gene_symbols)
     position, report = match_genes(names, model_genes)
     matrix = adata.X if layer is None else _layer(adata, layer)
     if matrix is None:
         raise ValueError("adata.X is empty: pass the layer that holds the counts with `layer=`.")
+    if adata.isbacked:  # read from disk once; a sparse matrix stays sparse, a dense one is checked against the budget
+        matrix = matrix_in_memory(matrix, what="Reading the backed (on-disk) dense query matrix into memory")
     if not np.array_equal(position, np.arange(len(model_genes))) or len(names) != len(model_genes):
         matrix = reindex_matrix(matrix, position)
         if report.n_found < len(model_genes):

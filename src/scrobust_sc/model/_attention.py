@@ -11,6 +11,7 @@ import torch
 from scipy import sparse
 
 from scrobust_sc._constants import GENE_SELECTIONS
+from scrobust_sc.data._memory import check_dense_budget
 
 
 def _group_codes(groups, n_cells: int) -> tuple[np.ndarray, pd.Index]:
@@ -94,6 +95,13 @@ def gene_attention(
     if groups is not None:
         codes, group_names = _group_codes(groups, n_cells)
         dtype = torch.float32 if model.device.type == "mps" else torch.float64
+        check_dense_budget(
+            len(group_names),
+            n_model_genes,
+            np.float32 if dtype == torch.float32 else np.float64,
+            what=f"The per-group attention sums ({len(group_names)} groups)",
+            fix="Group the cells into fewer groups (`groups=` holds one label per cell, e.g. a cell-type column).",
+        )
         sums = torch.zeros(len(group_names), n_model_genes, dtype=dtype, device=model.device)
         codes_t = torch.as_tensor(codes, device=model.device)
     blocks: list[sparse.csr_matrix] = []

@@ -23,6 +23,7 @@ from scvi.model.base import BaseModelClass
 
 from scrobust_sc._constants import GENE_SELECTIONS, UNKNOWN_LABEL
 from scrobust_sc.data._alignment import align_to_genes, query_gene_names
+from scrobust_sc.data._memory import check_dense_budget
 from scrobust_sc.data._ranking import expressed_fraction, hvg_score
 from scrobust_sc.data._splits import class_weights, stratified_validation_split
 from scrobust_sc.data._validation import check_finite_nonnegative, check_gene_names, detect_input_kind
@@ -417,7 +418,8 @@ class SCRobust(BaseModelClass):
             raise ValueError(f"Training needs at least {minimum} cells, got {n_cells}.")
         if batch_size > n_cells:
             logger.info("batch_size %d is larger than the %d training cells: using %d.", batch_size, n_cells, n_cells)
-            return n_cells
+            batch_size = n_cells
+        self._check_batch_budget(batch_size)
         return batch_size
 
     def pretrain(
@@ -643,8 +645,20 @@ class SCRobust(BaseModelClass):
         self.module.set_reference(torch.cat(embeddings), torch.cat(labels))
 
     # --------------------------------------------------------------- inference
+    def _check_batch_budget(self, batch_size: int) -> None:
+        """Mini-batches are dense cells x genes tensors: refuse one beyond the memory budget."""
+        check_dense_budget(
+            batch_size,
+            len(self.gene_names_),
+            np.float32,
+            what=f"A mini-batch of {batch_size} cells",
+            fix="Pass a smaller batch_size=.",
+        )
+
     def _batches(self, adata: ad.AnnData | None, indices, batch_size: int):
         adata = self._validate_anndata(adata)
+        n_cells = adata.n_obs if indices is None else len(indices)
+        self._check_batch_budget(min(batch_size, max(n_cells, 1)))
         loader = self._make_data_loader(adata=adata, indices=indices, batch_size=batch_size)
         self.module.eval()
         for tensors in loader:

@@ -11,6 +11,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 
+from scrobust_sc.data._memory import check_dense_budget
+
 
 def _save(ax: Axes, save: str | None) -> None:
     if save:
@@ -244,6 +246,13 @@ def _marker_view(adata: ad.AnnData, key: str, groupby: str, layer: str | None, l
         raise ValueError(f"layer {layer!r} is not in adata.layers (layers: {list(adata.layers.keys())}).")
     matrix = adata.X if layer is None else adata.layers[layer]
     columns = adata.var_names.get_indexer(markers)
+    check_dense_budget(
+        adata.n_obs,
+        len(columns),
+        np.float32,
+        what=f"The marker plot's cells x markers matrix ({len(columns)} markers)",
+        fix="Plot fewer markers (`n_genes=`) or a subset of cells.",
+    )
     values = matrix[:, columns]
     values = values.toarray() if sparse.issparse(values) else np.asarray(values)
     values = values.astype(np.float32)
