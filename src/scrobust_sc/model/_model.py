@@ -28,7 +28,14 @@ from scrobust_sc.data._ranking import expressed_fraction, hvg_score
 from scrobust_sc.data._splits import class_weights, stratified_validation_split
 from scrobust_sc.data._validation import check_finite_nonnegative, check_gene_names, detect_input_kind
 from scrobust_sc.module import SCRobustModule, default_view_size
-from scrobust_sc.train import ClassifierPlan, InterruptRecorder, PretrainingPlan, StageRunner
+from scrobust_sc.train import (
+    ClassifierPlan,
+    InterruptRecorder,
+    PretrainingPlan,
+    SafeCheckpointIO,
+    StageRunner,
+    prepare_checkpointing,
+)
 
 from ._io import load_model_files, save_model_files
 
@@ -366,6 +373,10 @@ class SCRobust(BaseModelClass):
         datasplitter_kwargs,
         trainer_kwargs,
         monitor: str,
+        stage: str,
+        run_settings: dict,
+        checkpoint_dir: str | Path | None = None,
+        resume: bool = False,
     ):
         splitter_kwargs = {"batch_size": batch_size, "drop_last": drop_last, **(datasplitter_kwargs or {})}
         if indices is None:
@@ -386,6 +397,14 @@ class SCRobust(BaseModelClass):
             torch.set_num_threads(settings.num_threads)
         interrupt = InterruptRecorder()
         trainer_kwargs["callbacks"] = [*(trainer_kwargs.get("callbacks") or []), interrupt]
+        if checkpoint_dir is not None or resume:
+            saver, ckpt_path = prepare_checkpointing(
+                self, checkpoint_dir, resume=resume, stage=stage, run_settings=run_settings
+            )
+            trainer_kwargs["callbacks"].append(saver)
+            trainer_kwargs["plugins"] = [*(trainer_kwargs.get("plugins") or []), SafeCheckpointIO()]
+            if ckpt_path is not None:
+                trainer_kwargs["ckpt_path"] = ckpt_path
         sigint_handler = signal.getsignal(signal.SIGINT)
         self.module.train()
         runner = self._train_runner_cls(
@@ -435,6 +454,8 @@ class SCRobust(BaseModelClass):
         devices: int | list[int] | str = "auto",
         plan_kwargs: dict | None = None,
         datasplitter_kwargs: dict | None = None,
+        checkpoint_dir: str | Path | None = None,
+        resume: bool = False,
         **trainer_kwargs,
     ) -> None:
         """Self-supervised pre-training on all registered cells (labels are not used).
@@ -462,12 +483,21 @@ class SCRobust(BaseModelClass):
             Passed to :class:`~scrobust_sc.train.PretrainingPlan`.
         datasplitter_kwargs
             Passed to :class:`scvi.dataloaders.DataSplitter`.
+        checkpoint_dir
+            Folder where a resumable checkpoint (``last.ckpt``: weights, optimiser and
+            scheduler states, epoch, random states, history) is written atomically after
+            every epoch. ``None``: no checkpoint.
+        resume
+            Continue from the checkpoint in ``checkpoint_dir`` (same settings and data
+            required); the result equals an uninterrupted run. Without a checkpoint there yet,
+            training starts from the beginning.
         **trainer_kwargs
             Passed to :class:`scvi.train.Trainer` (e.g. ``enable_progress_bar=False``).
 
         Examples
         --------
         >>> model.pretrain(max_steps=500)  # doctest: +SKIP
+        >>> model.pretrain(max_steps=500, checkpoint_dir="ckpt/", resume=True)  # doctest: +SKIP
         >>> model.history["contrastive_loss_train"].tail()  # doctest: +SKIP
         """
         n_cells = self.adata.n_obs
@@ -497,6 +527,15 @@ class SCRobust(BaseModelClass):
             datasplitter_kwargs=datasplitter_kwargs,
             trainer_kwargs=trainer_kwargs,
             monitor="validation_loss",
+            stage="pretrain",
+            run_settings={
+                **self.train_params_["pretrain"],
+                "validation_size": validation_size,
+                "early_stopping": early_stopping,
+                "plan_kwargs": plan_kwargs,
+            },
+            checkpoint_dir=checkpoint_dir,
+            resume=resume,
         )
         self.is_pretrained_ = True
 
@@ -518,6 +557,8 @@ class SCRobust(BaseModelClass):
         devices: int | list[int] | str = "auto",
         plan_kwargs: dict | None = None,
         datasplitter_kwargs: dict | None = None,
+        checkpoint_dir: str | Path | None = None,
+        resume: bool = False,
         **trainer_kwargs,
     ) -> None:
         """Fine-tune for cell-type annotation on the labelled cells.
@@ -553,12 +594,13 @@ class SCRobust(BaseModelClass):
             Cross-entropy label smoothing.
         token_dropout
             Share of each cell's input genes hidden at random in every training step.
-        accelerator, devices, plan_kwargs, datasplitter_kwargs, **trainer_kwargs
-            As in :meth:`pretrain`.
+        accelerator, devices, plan_kwargs, datasplitter_kwargs, checkpoint_dir, resume, **trainer_kwargs
+            As in :meth:`pretrain`; the checkpoint also holds the best validation epoch so far.
 
         Examples
         --------
         >>> model.train(max_epochs=10)  # doctest: +SKIP
+        >>> model.train(max_epochs=50, checkpoint_dir="ckpt/", resume=True)  # doctest: +SKIP
         """
         if self.module.classifier is None:
             raise ValueError(
@@ -582,6 +624,7 @@ class SCRobust(BaseModelClass):
         batch_size = self._batch_size_for(train_idx.size, batch_size, minimum=1)
         weights = class_weights(codes[train_idx], n_classes, class_weight)
         self.module.class_weight.copy_(torch.as_tensor(weights, dtype=torch.float32))
+        self.module.clear_reference()  # stale once the weights change; empty, as checkpoints expect
         for p in self.module.encoder.parameters():
             p.requires_grad_(not freeze_encoder)
         plan = ClassifierPlan(
@@ -618,6 +661,17 @@ class SCRobust(BaseModelClass):
                 datasplitter_kwargs=datasplitter_kwargs,
                 trainer_kwargs=trainer_kwargs,
                 monitor="classification_loss_validation",
+                stage="train",
+                run_settings={
+                    **self.train_params_["train"],
+                    "validation_size": validation_size,
+                    "keep_best": keep_best,
+                    "label_smoothing": label_smoothing,
+                    "token_dropout": token_dropout,
+                    "plan_kwargs": plan_kwargs,
+                },
+                checkpoint_dir=checkpoint_dir,
+                resume=resume,
             )
         finally:
             for p in self.module.encoder.parameters():

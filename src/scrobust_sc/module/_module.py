@@ -210,6 +210,13 @@ class SCRobustModule(BaseModuleClass):
                 threshold[c] = torch.quantile(own, quantile)
         self.reference_threshold = threshold
 
+    def clear_reference(self) -> None:
+        """Drop the stored reference cells (before training, which makes them stale)."""
+        device = self.reference_embedding.device
+        self.reference_embedding = torch.zeros(0, self.reference_embedding.shape[1], device=device)
+        self.reference_label = torch.zeros(0, dtype=torch.long, device=device)
+        self.reference_threshold = torch.zeros(0, device=device)
+
     def novelty(self, z: torch.Tensor, predicted: torch.Tensor, *, k: int = 5) -> torch.Tensor:
         """Mean distance to the ``k`` nearest reference cells of the predicted type over that type's threshold.
 

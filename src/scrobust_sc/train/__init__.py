@@ -1,7 +1,19 @@
 """Training plans (Lightning, through scvi-tools)."""
 
+from ._checkpoint import CHECKPOINT_FILE, EpochCheckpoint, SafeCheckpointIO, prepare_checkpointing, read_checkpoint
 from ._plans import ClassifierPlan, PretrainingPlan
 from ._runner import InterruptRecorder, StageRunner
 from ._schedule import warmup_cosine
 
-__all__ = ["ClassifierPlan", "InterruptRecorder", "PretrainingPlan", "StageRunner", "warmup_cosine"]
+__all__ = [
+    "CHECKPOINT_FILE",
+    "ClassifierPlan",
+    "EpochCheckpoint",
+    "InterruptRecorder",
+    "PretrainingPlan",
+    "SafeCheckpointIO",
+    "StageRunner",
+    "prepare_checkpointing",
+    "read_checkpoint",
+    "warmup_cosine",
+]

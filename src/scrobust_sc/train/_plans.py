@@ -154,6 +154,22 @@ class ClassifierPlan(_ScheduledPlan):
             self.best_score, self.best_epoch = macro_f1, self.current_epoch
             self.best_state = {k: v.detach().clone() for k, v in self.module.state_dict().items()}
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Keep the best epoch so far in resumable checkpoints."""
+        checkpoint["scrobust_best"] = {
+            "score": float(self.best_score),
+            "epoch": -1 if self.best_epoch is None else int(self.best_epoch),
+            "state": self.best_state,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Restore the best epoch so far from a resumable checkpoint."""
+        best = checkpoint.get("scrobust_best")
+        if best is not None:
+            self.best_score = best["score"]
+            self.best_epoch = None if best["epoch"] < 0 else best["epoch"]
+            self.best_state = best["state"]
+
     def restore_best(self) -> bool:
         """Load the weights of the best validation epoch; ``True`` if there were any."""
         if self.best_state is None:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import numpy as np
-import pandas as pd
 from lightning.pytorch.callbacks import Callback
 from scvi.train import TrainRunner
 from scvi.train._trainrunner import _safe_load_logger_history
+
+from ._checkpoint import append_history
 
 
 class StageRunner(TrainRunner):
@@ -22,15 +22,7 @@ class StageRunner(TrainRunner):
                 self.model.history_ = {}
             return
         new = _safe_load_logger_history(self.trainer) or {}
-        history = self.model.history_ if isinstance(self.model.history_, dict) else {}
-        for key, frame in new.items():
-            if key in history:
-                start = len(history[key])
-                frame.index = pd.Index(np.arange(start, start + len(frame)), name=history[key].index.name)
-                history[key] = pd.concat([history[key], frame])
-            else:
-                history[key] = frame
-        self.model.history_ = history
+        self.model.history_ = append_history(self.model.history_, new)
 
 
 class InterruptRecorder(Callback):
