@@ -131,9 +131,7 @@ if __name__ == "__main__":
 
 def test_a_killed_process_resumes_to_the_uninterrupted_result(cells, uninterrupted, tmp_path):
     script = tmp_path / "killed.py"
-    script.write_text(
-        textwrap.dedent(KILLED_RUN.format(tests=str(Path(__file__).parent), ckpt=str(tmp_path / "ckpt")))
-    )
+    script.write_text(textwrap.dedent(KILLED_RUN.format(tests=str(Path(__file__).parent), ckpt=str(tmp_path / "ckpt"))))
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == -9, done.stderr[-2000:]  # SIGKILL: no clean-up ran
