@@ -305,3 +305,21 @@ def test_a_marker_plot_over_the_budget_is_refused(model, cells, budget):
     budget.max_dense_bytes = 100
     with pytest.raises(DenseBudgetError, match="marker plot's cells x markers matrix"):
         scrobust.pl.attention_markers(a, groupby="cell_type")
+
+
+# ---------------------------------------------------------------- determinism on CPU
+def test_same_seed_gives_bit_identical_embeddings_and_predictions_after_fine_tuning(cells):
+    runs = []
+    for _ in range(2):
+        scvi.settings.seed = 3
+        a = cells.copy()
+        SCRobust.setup_anndata(a, labels_key="cell_type")
+        m = SCRobust(a, **TINY)
+        m.pretrain(max_steps=3, batch_size=16, **QUIET)
+        m.train(max_epochs=2, n_genes=32, batch_size=16, **QUIET)
+        runs.append((m.get_latent_representation(), m.predict_proba().to_numpy(), m.predict_novelty(), m.history))
+    np.testing.assert_array_equal(runs[0][0], runs[1][0])
+    np.testing.assert_array_equal(runs[0][1], runs[1][1])
+    np.testing.assert_array_equal(runs[0][2], runs[1][2])
+    for key in runs[0][3]:
+        np.testing.assert_array_equal(runs[0][3][key].to_numpy(), runs[1][3][key].to_numpy())

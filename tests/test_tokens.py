@@ -65,3 +65,52 @@ def test_trim_padding_keeps_every_real_token():
     t_idx, t_valid = trim_padding(idx, valid)
     assert t_idx.shape == (2, 2)
     assert t_valid.sum() == valid.sum()
+
+
+# ---- batch composition: a cell's tokens and embedding do not depend on the other cells
+counts = arrays(np.int64, st.tuples(st.integers(1, 6), st.integers(2, 25)), elements=st.integers(0, 4))
+
+
+@settings(max_examples=50, deadline=None)
+@given(x=counts, n=st.integers(1, 30), seed=st.integers(0, 1000))
+def test_selection_of_a_cell_does_not_depend_on_the_batch(x, n, seed):
+    rng = np.random.default_rng(seed)
+    mask = torch.as_tensor(x > 0)
+    score = torch.as_tensor(rng.permutation(x.shape[1]).astype(np.float32))
+    values = torch.as_tensor(x * 10 + rng.permutation(x.size).reshape(x.shape) / x.size, dtype=torch.float32)
+    for select in (
+        lambda m, v: select_ranked_genes(m, score, n),
+        lambda m, v: select_mixed_genes(m, v, score, n),
+    ):
+        idx, valid = select(mask, values)
+        for row in range(x.shape[0]):
+            one_idx, one_valid = select(mask[row : row + 1], values[row : row + 1])
+            assert idx[row][valid[row]].tolist() == one_idx[0][one_valid[0]].tolist()
+            assert all(mask[row, g] for g in idx[row][valid[row]].tolist())  # only the cell's non-zero genes
+
+
+_MODULES: dict = {}
+
+
+def _module(n_genes: int):
+    from scrobust_sc.module import SCRobustModule
+
+    if n_genes not in _MODULES:
+        torch.manual_seed(n_genes)
+        module = SCRobustModule(n_genes, d_model=16, n_heads=2, n_layers=2, n_view_genes=8).eval()
+        module.unique_score.copy_(torch.rand(n_genes))
+        _MODULES[n_genes] = module
+    return _MODULES[n_genes]
+
+
+@settings(max_examples=50, deadline=None)
+@given(x=counts, n=st.integers(1, 30), selection=st.sampled_from(["unique", "mixed", "expressed"]))
+def test_a_cells_embedding_does_not_depend_on_the_batch(x, n, selection):
+    """Other cells change the padded length of the batch; padding must never reach the output."""
+    module = _module(x.shape[1])
+    batch = {"X": torch.as_tensor(x, dtype=torch.float32)}
+    with torch.inference_mode():
+        together = module.inference(batch, gene_selection=selection, n_genes=n)["z"]
+        for row in range(x.shape[0]):
+            alone = module.inference({"X": batch["X"][row : row + 1]}, gene_selection=selection, n_genes=n)["z"]
+            torch.testing.assert_close(together[row : row + 1], alone, rtol=1e-5, atol=1e-5)
