@@ -323,3 +323,9 @@ def test_same_seed_gives_bit_identical_embeddings_and_predictions_after_fine_tun
     np.testing.assert_array_equal(runs[0][2], runs[1][2])
     for key in runs[0][3]:
         np.testing.assert_array_equal(runs[0][3][key].to_numpy(), runs[1][3][key].to_numpy())
+
+
+def test_a_non_numeric_matrix_is_refused(cells):
+    a = ad.AnnData(np.full((3, 2), "1", dtype=object), var=pd.DataFrame(index=["g0", "g1"]))
+    with pytest.raises(ValueError, match="has dtype object; pass a numeric matrix of counts"):
+        SCRobust.setup_anndata(a)
