@@ -54,11 +54,16 @@ def _write(adata, path: str, csv: str | None, key: str = "scrobust") -> None:
         logger.info("wrote %s", csv)
 
 
+def _setup(args) -> dict:
+    """``modality`` and ``setup_kwargs`` for a model trained from the command line."""
+    return {"modality": args.modality or "rna", "setup_kwargs": {"atac_values": args.atac_values}}
+
+
 def _cmd_pretrain(args) -> None:
     from scrobust_sc.model import SCRobust
 
     adata = _read(args.data)
-    SCRobust.setup_anndata(adata, layer=args.layer, gene_symbols=args.gene_symbols)
+    SCRobust.setup_anndata(adata, layer=args.layer, gene_symbols=args.gene_symbols, **_setup(args))
     model = SCRobust(adata, preset=args.preset)
     model.pretrain(max_steps=args.max_steps, batch_size=args.batch_size, **_quiet_lightning(args.verbose))
     model.save(args.out, overwrite=args.overwrite)
@@ -82,6 +87,7 @@ def _cmd_train(args) -> None:
         pretrain_kwargs={"max_steps": args.max_steps, **quiet},
         train_kwargs={"max_epochs": args.max_epochs, **quiet},
         pretrain=args.max_steps != 0,
+        **_setup(args),
     )
     model.save(args.out, overwrite=args.overwrite)
     logger.info("saved model to %s", args.out)
@@ -96,7 +102,11 @@ def _cmd_annotate(args) -> None:
     if args.model:
         model = _load_model(args.model)
         tl.annotate(
-            query, model=model, unknown_threshold=args.unknown_threshold, novelty_threshold=args.novelty_threshold
+            query,
+            model=model,
+            unknown_threshold=args.unknown_threshold,
+            novelty_threshold=args.novelty_threshold,
+            modality=args.modality,
         )
     else:
         if not args.reference or not args.labels_key:
@@ -115,6 +125,7 @@ def _cmd_annotate(args) -> None:
             pretrain_steps=args.max_steps,
             pretrain_kwargs=quiet,
             train_kwargs=quiet,
+            **_setup(args),
         )
     _write(query, args.out, args.csv)
 
@@ -189,6 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
         if model:
             p.add_argument("--preset", default="cpu", choices=["cpu", "paper"], help="model size")
             p.add_argument("--max-steps", type=int, default=None, help="pre-training steps (0: skip)")
+            p.add_argument(
+                "--modality", default=None, choices=["rna", "atac"], help="rna (default) or atac: peaks as tokens"
+            )
+            p.add_argument("--atac-values", default="binary", choices=["binary", "tfidf"], help="atac peak values")
         p.add_argument("--overwrite", action="store_true", help="replace an existing output model")
 
     p = sub.add_parser("pretrain", help="self-supervised pre-training; saves a model folder")

@@ -133,6 +133,7 @@ def align_to_genes(
     *,
     layer: str | None = None,
     gene_symbols: str | None = None,
+    names: pd.Index | None = None,
 ) -> tuple[ad.AnnData, GeneAlignment]:
     """A new AnnData holding ``adata``'s cells over the model's genes, in the model's order.
 
@@ -151,6 +152,9 @@ def align_to_genes(
         Where the counts are (``None``: ``X``); the result keeps them at the same place.
     gene_symbols
         ``var`` column holding names that match the model's genes.
+    names
+        The query's feature names, one per ``var`` row, given directly (e.g. canonical peak
+        names from :func:`~scrobust_sc.data.peak_names`); overrides ``gene_symbols``.
 
     Returns
     -------
@@ -166,7 +170,7 @@ def align_to_genes(
     """
     if adata.n_obs == 0:
         raise ValueError(f"The query AnnData has no cells ({adata.n_obs} cells x {adata.n_vars} genes).")
-    names = query_gene_names(adata, gene_symbols)
+    names = query_gene_names(adata, gene_symbols) if names is None else pd.Index(names)
     position, report = match_genes(names, model_genes)
     matrix = adata.X if layer is None else _layer(adata, layer)
     if matrix is None:

@@ -23,7 +23,15 @@ from scvi.model.base import BaseModelClass
 
 from scrobust_sc._constants import GENE_SELECTIONS, UNKNOWN_LABEL
 from scrobust_sc.data._alignment import align_to_genes, query_gene_names
+from scrobust_sc.data._atac import (
+    ATAC_VALUES,
+    MODALITIES,
+    atac_dispersion,
+    check_atac_values,
+    inverse_document_frequency,
+)
 from scrobust_sc.data._memory import check_dense_budget
+from scrobust_sc.data._peaks import peak_names
 from scrobust_sc.data._ranking import expressed_fraction, hvg_score
 from scrobust_sc.data._splits import class_weights, stratified_validation_split
 from scrobust_sc.data._validation import check_finite_nonnegative, check_gene_names, detect_input_kind
@@ -101,7 +109,7 @@ class SCRobust(BaseModelClass):
         projection of the mean of the gene tokens entering the last layer.
     n_view_genes
         Genes per random view in pre-training; ``None``: 10% of the mean number of expressed
-        genes per cell, clipped to 32-128.
+        genes per cell (scATAC: 50% of the accessible peaks), clipped to 32-128.
     temperature
         NT-Xent temperature.
     gene_linear_head
@@ -159,15 +167,21 @@ class SCRobust(BaseModelClass):
             self.cell_types_ = [str(c) for c in labels["categorical_mapping"] if c != labels["unlabeled_category"]]
         n_genes = int(self.summary_stats.n_vars)
 
-        scores = None
+        scores, idf = None, None
+        modality, atac_values = self.modality, setup_args.get("atac_values") or "binary"
         if adata is not None:
             counts = self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
             input_is_log = bool(setup_args["is_log_normalized"])
             fraction = expressed_fraction(counts)
-            scores = (1.0 - fraction, hvg_score(counts, input_is_log=input_is_log))
+            if modality == "atac":
+                idf = inverse_document_frequency(counts) if atac_values == "tfidf" else None
+                scores = (1.0 - fraction, atac_dispersion(counts, idf))
+                self.gene_names_ = list(peak_names(adata, setup_args.get("gene_symbols")))
+            else:
+                scores = (1.0 - fraction, hvg_score(counts, input_is_log=input_is_log))
+                self.gene_names_ = list(query_gene_names(adata, setup_args.get("gene_symbols")))
             if n_view_genes is None:
-                n_view_genes = default_view_size(float(fraction.sum()))
-            self.gene_names_ = list(query_gene_names(adata, setup_args.get("gene_symbols")))
+                n_view_genes = default_view_size(float(fraction.sum()), share=0.5 if modality == "atac" else 0.1)
         if n_view_genes is None:
             raise ValueError("n_view_genes must be given when the model is built without AnnData.")
 
@@ -183,15 +197,20 @@ class SCRobust(BaseModelClass):
             input_is_log=bool(setup_args["is_log_normalized"]),
             value_augmentation=value_augmentation,
             gene_linear_head=gene_linear_head,
+            modality=modality,
+            atac_values=atac_values,
             **sizes,
         )
         if scores is not None:
             self.module.unique_score.copy_(torch.as_tensor(scores[0], dtype=torch.float32))
             self.module.hvg_score.copy_(torch.as_tensor(scores[1], dtype=torch.float32))
+        if idf is not None:
+            self.module.idf.copy_(torch.as_tensor(idf, dtype=torch.float32))
         self.train_params_: dict = {}
         self._model_summary_string = (
             f"SCRobust: d_model {sizes['d_model']}, {sizes['n_heads']} heads, {sizes['n_layers']} layer(s), "
-            f"{n_genes} genes, views of {n_view_genes} genes, value encoding {value_encoding!r}, "
+            f"{n_genes} {'peaks' if modality == 'atac' else 'genes'}, views of {n_view_genes}, "
+            f"value encoding {value_encoding!r}, modality {modality!r}, "
             f"{len(self.cell_types_)} cell types."
         )
         self.init_params_ = {
@@ -221,6 +240,8 @@ class SCRobust(BaseModelClass):
         gene_symbols: str | None = None,
         is_log_normalized: bool | None = None,
         unlabeled_category: str = UNKNOWN_LABEL,
+        modality: Literal["rna", "atac"] = "rna",
+        atac_values: Literal["binary", "tfidf"] = "binary",
         **kwargs,
     ) -> None:
         """Register and validate an AnnData for scRobust.
@@ -251,6 +272,15 @@ class SCRobust(BaseModelClass):
             ``None`` detects the scale; ``True`` or ``False`` asserts it (checked).
         unlabeled_category
             Label value of unlabelled cells.
+        modality
+            ``"rna"`` (default) or ``"atac"``: peaks (or bins) are the tokens, raw peak counts
+            or 0/1 are expected and binarised (no per-cell normalisation or log of counts);
+            peak names ``chr:start-end``, ``chr-start-end`` or ``chr_start_end`` in
+            ``var_names`` (or ``gene_symbols``), else built from ``var`` columns
+            ``chrom``/``start``/``end``. See :func:`scrobust_sc.data.peak_names`.
+        atac_values
+            For ATAC: ``"binary"`` (default, every accessible peak has the same value) or
+            ``"tfidf"`` (TF-IDF per mini-batch, idf from this training data, saved with the model).
         **kwargs
             Passed to :meth:`scvi.data.AnnDataManager.register_fields`.
 
@@ -259,8 +289,14 @@ class SCRobust(BaseModelClass):
         >>> import scrobust_sc as scrobust
         >>> adata = scrobust.data.pbmc_demo()
         >>> scrobust.model.SCRobust.setup_anndata(adata, labels_key="cell_type")
+        >>> atac = anndata.read_h5ad("peaks.h5ad")  # doctest: +SKIP
+        >>> scrobust.model.SCRobust.setup_anndata(atac, modality="atac", labels_key="cell_type")  # doctest: +SKIP
         """
         setup_method_args = cls._get_setup_method_args(**locals())
+        if modality not in MODALITIES:
+            raise ValueError(f"modality must be one of {MODALITIES}, not {modality!r}.")
+        if atac_values not in ATAC_VALUES:
+            raise ValueError(f"atac_values must be one of {ATAC_VALUES}, not {atac_values!r}.")
         if adata.n_obs == 0 or adata.n_vars == 0:
             raise ValueError(f"The AnnData is empty ({adata.n_obs} cells x {adata.n_vars} genes).")
         if adata.isbacked:
@@ -274,8 +310,15 @@ class SCRobust(BaseModelClass):
             raise ValueError(f"{where}: pass the layer that holds the counts with `layer=`.")
         where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
         check_finite_nonnegative(matrix, where=where)
-        resolved = detect_input_kind(matrix, is_log_normalized=is_log_normalized, where=where)
-        check_gene_names(query_gene_names(adata, gene_symbols))
+        if modality == "atac":
+            if is_log_normalized:
+                raise ValueError("is_log_normalized=True does not apply to scATAC: pass peak counts or 0/1.")
+            check_atac_values(matrix, where=where)
+            resolved = False
+            check_gene_names(peak_names(adata, gene_symbols), where="the peak names")
+        else:
+            resolved = detect_input_kind(matrix, is_log_normalized=is_log_normalized, where=where)
+            check_gene_names(query_gene_names(adata, gene_symbols))
         for key in (batch_key, labels_key):
             if key is not None and key not in adata.obs.columns:
                 raise ValueError(f"{key!r} is not a column of adata.obs (columns: {list(adata.obs.columns)}).")
@@ -305,6 +348,11 @@ class SCRobust(BaseModelClass):
     @property
     def _setup_args(self) -> dict:
         return self.registry_[_SETUP_ARGS_KEY]
+
+    @property
+    def modality(self) -> str:
+        """``"rna"`` or ``"atac"``, as registered (models saved before scATAC support: ``"rna"``)."""
+        return self._setup_args.get("modality") or "rna"
 
     def _validate_anndata(self, adata: ad.AnnData | None = None, copy_if_view: bool = True) -> ad.AnnData:
         """Return an AnnData aligned to the model's genes and registered with its set-up."""
@@ -339,13 +387,21 @@ class SCRobust(BaseModelClass):
         symbols = gene_symbols if gene_symbols is not None else self._setup_args.get("gene_symbols")
         if symbols is not None and symbols not in adata.var.columns:
             symbols = None
-        aligned, report = align_to_genes(adata, pd.Index(self.gene_names_), layer=layer, gene_symbols=symbols)
+        names = peak_names(adata, symbols) if self.modality == "atac" else None
+        aligned, report = align_to_genes(
+            adata, pd.Index(self.gene_names_), layer=layer, gene_symbols=symbols, names=names
+        )
         matrix = aligned.X if layer is None else aligned.layers[layer]
         check_finite_nonnegative(matrix, where="the query's expression matrix")
         if matrix.shape[0] and (matrix.nnz if hasattr(matrix, "nnz") else np.count_nonzero(matrix)):
-            detect_input_kind(
-                matrix, is_log_normalized=self._setup_args["is_log_normalized"], where="the query's expression matrix"
-            )
+            if self.modality == "atac":
+                check_atac_values(matrix, where="the query's peak matrix")
+            else:
+                detect_input_kind(
+                    matrix,
+                    is_log_normalized=self._setup_args["is_log_normalized"],
+                    where="the query's expression matrix",
+                )
         if self._setup_args.get("gene_symbols") is not None:
             aligned.var[self._setup_args["gene_symbols"]] = aligned.var_names
         labels_key = self._setup_args.get("labels_key")

@@ -15,6 +15,7 @@ from scrobust_sc.nn import (
     GeneTransformer,
     masked_mse,
     mlp_head,
+    normalize_atac_batch,
     normalize_batch,
     nt_xent_loss,
     sample_random_genes,
@@ -47,6 +48,11 @@ class SCRobustModule(BaseModuleClass):
     value_augmentation
         Scale of the random per-view factor ``exp(U(-a, a))`` applied to normalised values
         before ``log1p``; the per-gene noise is ``exp(N(0, (a / 1.75)^2))``. 0 turns it off.
+    modality
+        ``"rna"`` (counts normalised per cell) or ``"atac"`` (peaks: binarised, see ``atac_values``).
+    atac_values
+        For ATAC: ``"binary"`` (every accessible peak has value ``log1p(1)``) or ``"tfidf"``
+        (``log1p(tf * idf * 1e4)``, idf of the training data in the ``idf`` buffer).
     """
 
     def __init__(
@@ -66,8 +72,12 @@ class SCRobustModule(BaseModuleClass):
         input_is_log: bool = False,
         value_augmentation: float = 0.7,
         gene_linear_head: bool = True,
+        modality: str = "rna",
+        atac_values: str = "binary",
     ):
         super().__init__()
+        self.modality = modality
+        self.atac_values = atac_values
         self.n_genes = n_genes
         self.n_view_genes = n_view_genes
         self.temperature = temperature
@@ -87,6 +97,8 @@ class SCRobustModule(BaseModuleClass):
         # gene orderings, computed from the training data and saved with the weights
         self.register_buffer("unique_score", torch.zeros(n_genes))
         self.register_buffer("hvg_score", torch.zeros(n_genes))
+        if modality == "atac" and atac_values == "tfidf":  # only then, so older saved models keep loading
+            self.register_buffer("idf", torch.ones(n_genes))
         self.register_buffer("class_weight", torch.ones(max(n_labels, 1)))
         self.register_buffer("reference_embedding", torch.zeros(0, d_model))
         self.register_buffer("reference_label", torch.zeros(0, dtype=torch.long))
@@ -95,6 +107,8 @@ class SCRobustModule(BaseModuleClass):
     # ---- inputs -----------------------------------------------------------------
     def _normalized(self, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
         x = tensors[REGISTRY_KEYS.X_KEY].to(torch.float32)
+        if self.modality == "atac":
+            return normalize_atac_batch(x, getattr(self, "idf", None))
         return normalize_batch(x, input_is_log=self.input_is_log)
 
     def select_genes(self, normalized: torch.Tensor, gene_selection: str, n_genes: int):
@@ -251,12 +265,16 @@ class SCRobustModule(BaseModuleClass):
         return loss, logits, labels, labelled
 
 
-def default_view_size(mean_expressed_genes: float, lower: int = 32, upper: int = 128) -> int:
-    """View size tied to the data: 10% of the mean number of expressed genes, clipped.
+def default_view_size(mean_expressed_genes: float, lower: int = 32, upper: int = 128, share: float = 0.1) -> int:
+    """View size tied to the data: ``share`` (10%) of the mean number of expressed genes, clipped.
+
+    scATAC cells have few accessible peaks (a few hundred): there the model uses ``share=0.5``.
 
     Examples
     --------
     >>> default_view_size(900.0)
     90
+    >>> default_view_size(130.0, share=0.5)
+    65
     """
-    return int(min(upper, max(lower, math.floor(0.1 * mean_expressed_genes + 0.5))))
+    return int(min(upper, max(lower, math.floor(share * mean_expressed_genes + 0.5))))

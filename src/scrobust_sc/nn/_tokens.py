@@ -40,6 +40,40 @@ def normalize_batch(x: torch.Tensor, *, input_is_log: bool, target_sum: float = 
     return x / library * target_sum
 
 
+def normalize_atac_batch(x: torch.Tensor, idf: torch.Tensor | None = None, *, target_sum: float = TARGET_SUM):
+    """Peak values before the log: 1 per accessible peak, or ``tf * idf * target_sum``.
+
+    The ATAC counterpart of :func:`normalize_batch`: ``log1p`` of the result is what the
+    model sees (``log1p(1)`` for a binary peak; the TF-IDF of Stuart et al. 2019 with ``idf``).
+
+    Parameters
+    ----------
+    x
+        ``(B, P)`` peak counts or 0/1.
+    idf
+        ``(P,)`` inverse document frequency of the training data; ``None``: binary values.
+    target_sum
+        Scale factor of the TF-IDF.
+
+    Returns
+    -------
+    ``(B, P)`` values, zero where a peak is not accessible.
+
+    Examples
+    --------
+    >>> import torch
+    >>> normalize_atac_batch(torch.tensor([[0.0, 3.0]]))
+    tensor([[0., 1.]])
+    >>> normalize_atac_batch(torch.tensor([[1.0, 3.0]]), torch.tensor([1.0, 4.0]), target_sum=1.0)
+    tensor([[0.5000, 2.0000]])
+    """
+    binary = (x > 0).to(torch.float32)
+    if idf is None:
+        return binary
+    n_accessible = binary.sum(dim=1, keepdim=True).clamp_min(1.0)
+    return binary / n_accessible * idf.to(binary) * target_sum
+
+
 def _top_positions(keys: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Indices of the ``n`` largest keys per row; ``-inf`` keys mark padding."""
     n = min(n, keys.shape[1])

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from scrobust_sc._constants import DEFAULT_KEY, EMBEDDING_KEY, UNKNOWN_LABEL
+from scrobust_sc.data._peaks import peak_names
 from scrobust_sc.model._model import restrict_labels
 
 logger = logging.getLogger("scrobust_sc")
@@ -23,8 +24,11 @@ DEFAULT_UNKNOWN_THRESHOLD = None
 DEFAULT_NOVELTY_THRESHOLD = 1.2
 
 
-def _training_view(adata: ad.AnnData, labels_key: str, layer: str | None) -> ad.AnnData:
-    """A light AnnData sharing ``adata``'s counts, with NaN labels marked unlabelled."""
+def _training_view(adata: ad.AnnData, labels_key: str, layer: str | None, modality: str = "rna") -> ad.AnnData:
+    """A light AnnData sharing ``adata``'s counts, with NaN labels marked unlabelled.
+
+    For ATAC its ``var_names`` are the canonical peak names (``var`` columns are not kept).
+    """
     if labels_key not in adata.obs.columns:
         raise ValueError(
             f"labels_key={labels_key!r} is not a column of adata.obs (columns: {list(adata.obs.columns)})."
@@ -37,7 +41,7 @@ def _training_view(adata: ad.AnnData, labels_key: str, layer: str | None) -> ad.
     matrix = adata.X if layer is None else adata.layers[layer] if layer in adata.layers else None
     if matrix is None:
         raise ValueError(f"layer {layer!r} is not in adata.layers (layers: {list(adata.layers.keys())}).")
-    var = pd.DataFrame(index=adata.var_names.copy())
+    var = pd.DataFrame(index=peak_names(adata) if modality == "atac" else adata.var_names.copy())
     if layer is None:
         return ad.AnnData(X=matrix, obs=obs, var=var)
     return ad.AnnData(X=None, obs=obs, var=var, layers={layer: matrix})
@@ -52,19 +56,24 @@ def fit_annotator(
     pretrain_kwargs: dict | None = None,
     train_kwargs: dict | None = None,
     pretrain: bool = True,
+    modality: str = "rna",
+    setup_kwargs: dict | None = None,
 ):
     """Pre-train on all cells of ``reference`` and fine-tune on its labelled cells.
 
-    Cells whose label is NaN or ``"Unknown"`` are used for pre-training only.
+    Cells whose label is NaN or ``"Unknown"`` are used for pre-training only. ``modality``
+    (``"rna"`` or ``"atac"``) and ``setup_kwargs`` (e.g. ``{"atac_values": "tfidf"}``) go to
+    :meth:`~scrobust_sc.model.SCRobust.setup_anndata`.
 
     Examples
     --------
     >>> model = fit_annotator(reference, "cell_type")  # doctest: +SKIP
+    >>> atac_model = fit_annotator(atac_reference, "cell_type", modality="atac")  # doctest: +SKIP
     """
     from scrobust_sc.model import SCRobust
 
-    work = _training_view(reference, labels_key, layer)
-    SCRobust.setup_anndata(work, layer=layer, labels_key=labels_key)
+    work = _training_view(reference, labels_key, layer, modality)
+    SCRobust.setup_anndata(work, layer=layer, labels_key=labels_key, modality=modality, **(setup_kwargs or {}))
     model = SCRobust(work, **(model_kwargs or {}))
     if pretrain:
         model.pretrain(**(pretrain_kwargs or {}))
@@ -116,6 +125,8 @@ def annotate(
     model_kwargs: dict | None = None,
     train_kwargs: dict | None = None,
     pretrain_kwargs: dict | None = None,
+    modality: str | None = None,
+    setup_kwargs: dict | None = None,
     copy: bool = False,
 ) -> ad.AnnData | None:
     """Annotate cell types with scRobust in one call.
@@ -167,6 +178,13 @@ def annotate(
     model_kwargs, train_kwargs, pretrain_kwargs
         Passed to the model, :meth:`~scrobust_sc.model.SCRobust.train` and
         :meth:`~scrobust_sc.model.SCRobust.pretrain`.
+    modality
+        ``"rna"`` (the default when a model is trained) or ``"atac"`` (peaks; see
+        :meth:`~scrobust_sc.model.SCRobust.setup_anndata`). With ``model``, it must match the
+        model's own modality, if given.
+    setup_kwargs
+        Other arguments of :meth:`~scrobust_sc.model.SCRobust.setup_anndata` when a model is
+        trained, e.g. ``{"atac_values": "tfidf"}``.
     copy
         Return an annotated copy instead of writing into ``adata``.
 
@@ -181,7 +199,10 @@ def annotate(
     >>> adata = scrobust.data.pbmc_demo()
     >>> scrobust.tl.annotate(adata, labels_key="cell_type")  # doctest: +SKIP
     >>> adata.obs["scrobust_label"].value_counts()  # doctest: +SKIP
+    >>> scrobust.tl.annotate(atac_query, reference=atac_ref, labels_key="cell_type", modality="atac")  # doctest: +SKIP
     """
+    if model is not None and modality is not None and modality != model.modality:
+        raise ValueError(f"modality={modality!r} but the model was trained on {model.modality!r} data.")
     if model is None:
         if labels_key is None:
             raise ValueError("Pass labels_key= (with or without reference=), or a trained model=.")
@@ -198,6 +219,8 @@ def annotate(
             pretrain_kwargs=pre,
             train_kwargs=train,
             pretrain=pretrain_steps != 0,
+            modality=modality or "rna",
+            setup_kwargs=setup_kwargs,
         )
         query = model.adata if reference is None else adata
     else:
@@ -221,6 +244,7 @@ def annotate(
     target.uns[key_added] = {
         "params": {
             "labels_key": labels_key,
+            "modality": model.modality,
             "unknown_threshold": unknown_threshold,
             "novelty_threshold": novelty_threshold,
             "allowed_labels": list(allowed_labels) if allowed_labels is not None else None,

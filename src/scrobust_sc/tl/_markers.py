@@ -10,6 +10,7 @@ import pandas as pd
 from scipy import sparse
 
 from scrobust_sc._constants import TARGET_SUM
+from scrobust_sc.data._peaks import peak_names
 from scrobust_sc.model._attention import _group_codes, gene_attention
 
 logger = logging.getLogger("scrobust_sc")
@@ -28,7 +29,10 @@ def _model_to_var_names(adata: ad.AnnData, model) -> pd.Series:
     var_names = pd.Index(adata.var_names.astype(str))
     mapping = pd.Series(model_genes.where(model_genes.isin(var_names)), index=model_genes, dtype=object)
     symbols = model._setup_args.get("gene_symbols") if hasattr(model, "_setup_args") else None
-    if symbols is not None and symbols in adata.var.columns:
+    if getattr(model, "modality", "rna") == "atac":  # peaks match by canonical name, whatever their spelling
+        by_peak = pd.Series(var_names, index=peak_names(adata, symbols if symbols in adata.var.columns else None))
+        mapping = by_peak[~by_peak.index.duplicated(keep="first")].reindex(model_genes)
+    elif symbols is not None and symbols in adata.var.columns:
         by_symbol = pd.Series(var_names, index=adata.var[symbols].astype(str).to_numpy())
         by_symbol = by_symbol[~by_symbol.index.duplicated(keep="first")]
         unmatched = mapping.isna()
@@ -50,14 +54,17 @@ def _log_fold_changes(
     """log2 fold change of mean normalised expression, group vs rest, of each group's markers.
 
     Normalised as the model does: counts scaled to ``TARGET_SUM`` over the model's genes
-    (or ``expm1`` of log-normalised input), like scanpy's ``logfoldchanges``.
+    (or ``expm1`` of log-normalised input), like scanpy's ``logfoldchanges``. For scATAC:
+    the share of cells in which the peak is accessible.
     """
     layer = model._setup_args.get("layer")
     matrix = adata.layers[layer] if layer is not None and layer in adata.layers else adata.X
     markers = pd.unique(top_names.ravel())
     marker_cols = adata.var_names.get_indexer(markers)
     values = sparse.csr_matrix(matrix[:, marker_cols], dtype=np.float64)
-    if model._setup_args.get("is_log_normalized"):
+    if getattr(model, "modality", "rna") == "atac":  # share of cells where the peak is accessible
+        values.data = (values.data > 0).astype(np.float64)
+    elif model._setup_args.get("is_log_normalized"):
         values.data = np.expm1(values.data)
     else:
         library = np.asarray(matrix[:, adata.var_names.get_indexer(model_var_names)].sum(axis=1)).ravel()

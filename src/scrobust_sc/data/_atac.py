@@ -1,0 +1,169 @@
+"""scATAC-seq values on sparse matrices: binarisation, TF-IDF, peak frequencies; never densified."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import sparse
+
+from scrobust_sc._constants import TARGET_SUM
+
+from ._ranking import _row_chunks
+from ._validation import N_VALUES_CHECKED, _stored_values
+
+#: How peak accessibility becomes token values: 1 for an accessible peak, or its TF-IDF.
+ATAC_VALUES = ("binary", "tfidf")
+MODALITIES = ("rna", "atac")
+
+
+def check_atac_values(matrix, *, where: str = "the peak matrix") -> None:
+    """Raise ``ValueError`` unless ``matrix`` holds peak counts or 0/1 (non-negative integers).
+
+    Run :func:`~scrobust_sc.data.check_finite_nonnegative` first.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> check_atac_values(np.array([[0, 1, 4]]))
+    """
+    values = _stored_values(matrix)
+    values = values[values != 0]
+    if values.size == 0:
+        raise ValueError(f"{where} has no non-zero entry: there is nothing to learn from. Check `layer=`.")
+    if values.size > N_VALUES_CHECKED:
+        values = values[np.linspace(0, values.size - 1, N_VALUES_CHECKED).astype(np.int64)]
+    if not np.all(np.equal(np.mod(values, 1), 0)):
+        raise ValueError(
+            f"{where} holds non-integer values (max {float(values.max()):.2f}): scATAC input must be peak counts "
+            "or binary 0/1. Pass the raw counts (`layer=`); TF-IDF is computed inside the model with "
+            "`atac_values='tfidf'`."
+        )
+
+
+def binarize(matrix) -> sparse.csr_matrix:
+    """1 where a peak is accessible (count > 0), as a float32 CSR matrix.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> binarize(np.array([[0, 3], [1, 0]])).toarray().tolist()
+    [[0.0, 1.0], [1.0, 0.0]]
+    """
+    out = sparse.csr_matrix(matrix, dtype=np.float32, copy=True)
+    out.eliminate_zeros()
+    out.data[:] = 1.0
+    return out
+
+
+def peak_cell_counts(matrix) -> np.ndarray:
+    """Number of cells in which each peak is accessible, chunk by chunk.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> peak_cell_counts(np.array([[0, 2], [1, 5]])).tolist()
+    [1, 2]
+    """
+    counts = np.zeros(matrix.shape[1], dtype=np.int64)
+    for block in _row_chunks(matrix):
+        block.eliminate_zeros()
+        counts += np.bincount(block.indices, minlength=matrix.shape[1])
+    return counts
+
+
+def inverse_document_frequency(matrix) -> np.ndarray:
+    """IDF of each peak: ``n_cells / n_cells_accessible`` (1 cell at least), float64.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> inverse_document_frequency(np.array([[0, 2], [1, 5]])).tolist()
+    [2.0, 1.0]
+    """
+    return matrix.shape[0] / np.maximum(peak_cell_counts(matrix), 1).astype(np.float64)
+
+
+def tfidf_matrix(matrix, idf: np.ndarray | None = None, *, scale_factor: float = TARGET_SUM) -> sparse.csr_matrix:
+    """TF-IDF of binarised peak counts, ``log1p(tf * idf * scale_factor)`` (Stuart et al. 2019).
+
+    ``tf`` is 1 / (accessible peaks of the cell) for each accessible peak; ``idf`` is
+    ``n_cells / n_cells_accessible`` of the peak. Memory is proportional to the non-zeros.
+
+    Parameters
+    ----------
+    matrix
+        Cells x peaks counts (dense or sparse).
+    idf
+        Per-peak IDF, e.g. from the training data; ``None`` computes it from ``matrix``.
+    scale_factor
+        Multiplier before the log.
+
+    Returns
+    -------
+    Float32 CSR matrix with the non-zero pattern of ``matrix``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> x = np.array([[1, 0], [3, 2]])
+    >>> np.round(tfidf_matrix(x, scale_factor=1.0).toarray(), 3).tolist()
+    [[0.693, 0.0], [0.405, 0.693]]
+    """
+    binary = binarize(matrix)
+    if idf is None:
+        idf = inverse_document_frequency(binary)
+    idf = np.asarray(idf, dtype=np.float64).ravel()
+    if idf.shape[0] != binary.shape[1]:
+        raise ValueError(f"idf has {idf.shape[0]} values for {binary.shape[1]} peaks.")
+    n_accessible = np.diff(binary.indptr)
+    tf = np.repeat(1.0 / np.maximum(n_accessible, 1), n_accessible)
+    binary.data = np.log1p(tf * idf[binary.indices] * scale_factor).astype(np.float32)
+    return binary
+
+
+def atac_dispersion(matrix, idf: np.ndarray | None) -> np.ndarray:
+    """Dispersion (variance / mean) per peak of the model's values: binary, or TF-IDF with ``idf``.
+
+    The ATAC counterpart of :func:`~scrobust_sc.data.hvg_score`, computed chunk by chunk.
+    Binary values are ``log1p(1)``, as the model sees them.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> atac_dispersion(np.array([[1, 0], [1, 1]]), None).round(3).tolist()
+    [0.0, 0.347]
+    """
+    n_peaks = matrix.shape[1]
+    total, total_sq = np.zeros(n_peaks), np.zeros(n_peaks)
+    for block in _row_chunks(matrix):
+        values = tfidf_matrix(block, idf) if idf is not None else binarize(block) * np.float32(np.log1p(1.0))
+        values = sparse.csr_matrix(values, dtype=np.float64)
+        total += np.asarray(values.sum(axis=0)).ravel()
+        total_sq += np.asarray(values.multiply(values).sum(axis=0)).ravel()
+    n = max(matrix.shape[0], 1)
+    mean = total / n
+    var = np.maximum(total_sq / n - mean**2, 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(mean > 0, var / mean, 0.0)
+
+
+def top_peaks_mask(matrix, *, n_top: int | None = None, min_cells: int = 1) -> np.ndarray:
+    """Boolean mask of the ``n_top`` most frequently accessible peaks seen in ``min_cells`` cells or more.
+
+    Ties keep the original order; ``n_top=None`` keeps every peak passing ``min_cells``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> top_peaks_mask(np.array([[1, 0, 1], [1, 0, 0]]), n_top=1).tolist()
+    [True, False, False]
+    """
+    counts = peak_cell_counts(matrix)
+    keep = counts >= max(int(min_cells), 0)
+    if n_top is not None:
+        if n_top < 1:
+            raise ValueError(f"n_top must be positive or None, not {n_top}.")
+        order = np.argsort(-counts, kind="stable")
+        order = order[keep[order]][:n_top]
+        keep = np.zeros(matrix.shape[1], dtype=bool)
+        keep[order] = True
+    return keep
