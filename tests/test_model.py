@@ -8,7 +8,7 @@ from sklearn.neighbors import KNeighborsClassifier
 import scrobust_sc as scrobust
 from scrobust_sc import SCRobust
 
-from .conftest import QUIET, TINY
+from .conftest import QUIET, TINY, demo_subset
 
 
 def _knn_accuracy(z, labels):
@@ -166,3 +166,15 @@ def test_batch_size_larger_than_the_data(small_pbmc, seeded):
     model = SCRobust(a, **TINY)
     model.pretrain(max_steps=2, batch_size=500, **QUIET)
     assert model.train_params_["pretrain"]["batch_size"] <= a.n_obs
+
+
+@pytest.mark.parametrize("stage", ["pretrain", "train"])
+def test_training_without_a_validation_split(stage, seeded):
+    adata = demo_subset(120, 400)
+    scrobust.SCRobust.setup_anndata(adata, labels_key="cell_type")
+    model = scrobust.SCRobust(adata, **TINY)
+    if stage == "pretrain":
+        model.pretrain(max_steps=3, batch_size=16, validation_size=0.0, **QUIET)
+    else:
+        model.train(max_epochs=2, batch_size=16, n_genes=64, validation_size=0.0, **QUIET)
+    assert model.get_latent_representation().shape == (120, 32)

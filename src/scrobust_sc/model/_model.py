@@ -445,6 +445,9 @@ class SCRobust(BaseModelClass):
         else:
             splitter = self._data_splitter_cls(self.adata_manager, external_indexing=list(indices), **splitter_kwargs)
         trainer_kwargs = dict(trainer_kwargs)
+        no_validation = not validation_size if indices is None else len(indices[1]) == 0
+        if no_validation:  # the splitter gives no validation loader: Lightning must not ask for one
+            trainer_kwargs.update(limit_val_batches=0, num_sanity_val_steps=0)
         trainer_kwargs.setdefault("early_stopping", False)
         trainer_kwargs.setdefault("early_stopping_monitor", monitor)
         trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
