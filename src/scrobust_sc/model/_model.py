@@ -56,6 +56,8 @@ PRESETS: dict[str, dict] = {
 }
 #: Optimiser steps of pre-training when neither ``max_epochs`` nor ``max_steps`` is given.
 DEFAULT_PRETRAIN_STEPS = 2000
+#: Cells read from disk at a time when embedding or predicting a backed AnnData
+BACKED_CHUNK_CELLS = 8192
 
 
 def restrict_labels(proba: pd.DataFrame, allowed_labels: Sequence[str] | None) -> pd.DataFrame:
@@ -769,6 +771,9 @@ class SCRobust(BaseModelClass):
         )
 
     def _batches(self, adata: ad.AnnData | None, indices, batch_size: int):
+        if adata is not None and adata.isbacked and adata is not self.adata:
+            yield from self._backed_batches(adata, indices, batch_size)
+            return
         adata = self._validate_anndata(adata)
         n_cells = adata.n_obs if indices is None else len(indices)
         self._check_batch_budget(min(batch_size, max(n_cells, 1)))
@@ -776,6 +781,32 @@ class SCRobust(BaseModelClass):
         self.module.eval()
         for tensors in loader:
             yield {k: v.to(self.device) for k, v in tensors.items()}
+
+    def _backed_batches(self, adata: ad.AnnData, indices, batch_size: int):
+        """Mini-batches of a backed AnnData, read from disk :data:`BACKED_CHUNK_CELLS` cells at a time.
+
+        Memory stays bounded by one chunk whatever the number of cells; cells come out in
+        the order of ``indices``.
+        """
+        positions = np.arange(adata.n_obs) if indices is None else np.asarray(indices).ravel()
+        layer = self._setup_args.get("layer")
+        matrix = adata.X if layer is None or layer not in adata.layers else adata.layers[layer]
+        if matrix is not None and not hasattr(matrix, "to_memory"):  # a dense h5py dataset
+            check_dense_budget(
+                min(BACKED_CHUNK_CELLS, positions.size),
+                adata.n_vars,
+                matrix.dtype,
+                what=f"Reading the backed (on-disk) dense query matrix {BACKED_CHUNK_CELLS} cells at a time",
+                fix="Store the counts sparse in the .h5ad file (`adata.X = scipy.sparse.csr_matrix(adata.X)` "
+                "before writing), or lower `scrobust_sc.model._model.BACKED_CHUNK_CELLS`.",
+            )
+        for start in range(0, positions.size, BACKED_CHUNK_CELLS):
+            part = positions[start : start + BACKED_CHUNK_CELLS]
+            rows, order = np.unique(part, return_inverse=True)  # h5py reads increasing rows
+            chunk = adata[rows].to_memory()
+            if not np.array_equal(order, np.arange(rows.size)):
+                chunk = chunk[order].copy()
+            yield from self._batches(chunk, None, batch_size)
 
     @torch.inference_mode()
     def get_latent_representation(

@@ -1,0 +1,256 @@
+"""Throughput and peak memory of pre-training, fine-tuning and embedding (issue: speed and scale).
+
+Each measurement runs in a fresh process (so its peak RSS is its own): cells/s over timed
+optimiser steps (after warm-up steps) or over a whole inference pass, peak RSS, the
+achieved FLOP/s from the tokens actually computed, and the fraction of the fp32 matmul
+peak measured in the same run.
+
+    .venv/bin/python benchmarks/throughput.py --data ../shared/data/zheng_sorted_pbmc_fasttopics.h5ad
+    .venv/bin/python benchmarks/throughput.py --synthetic           # 5,000 x 20,000, 5% non-zeros
+
+Configurations: ``paper`` (d 512, 8 heads, 1 layer; views of 200 genes, batch 128;
+fine-tuning 800 genes, batch 64; embeddings of 1,000 genes) and ``default`` (the package
+defaults). The published implementation's figures on a machine like this one (from the
+issue, same sizes): pre-training 4.3 cells/s, fine-tuning 2.3 cells/s (peak RSS 10 GiB),
+embeddings 4.6 cells/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REFERENCE = {"pretrain": 4.3, "finetune": 2.3, "embed": 4.6}
+CONFIGS = {
+    "paper": {
+        "model": {"preset": "paper", "n_view_genes": 200},
+        "pretrain": {"batch_size": 128},
+        "finetune": {"batch_size": 64, "n_genes": 800},
+        "embed": {"n_genes": 1000, "batch_size": 256},
+    },
+    "default": {"model": {}, "pretrain": {}, "finetune": {}, "embed": {}},
+}
+
+
+def matmul_peak(threads: int, dtype: str = "float32", n: int = 2048, repeats: int = 10) -> float:
+    """Achieved GFLOP/s of an n x n matmul (the machine's practical peak)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    a = torch.randn(n, n, dtype=getattr(torch, dtype))
+    b = torch.randn(n, n, dtype=getattr(torch, dtype))
+    a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def encoder_flops(tokens: np.ndarray, d: int, n_layers: int, training: bool, executed: bool = True) -> float:
+    """Matmul FLOPs of the encoder over sequences of ``tokens`` tokens (CLS included), x3 to train.
+
+    ``executed=False``: the issue's count for the published encoder, every layer in full,
+    24 L d^2 + 4 L^2 d per layer. ``executed=True``: what this package computes: the value
+    MLP (64 L d), full layers but the last, whose CLS query alone needs keys and values of
+    every token (4 L d^2) and attention, projection and feed-forward for one token
+    (4 L d + 20 d^2).
+    """
+    length = tokens.astype(float)
+    full = 24 * length * d**2 + 4 * length**2 * d
+    if executed:
+        per = 64 * length * d + (n_layers - 1) * full + 4 * length * d**2 + 4 * length * d + 20 * d**2
+    else:
+        per = n_layers * full
+    return float(per.sum() * (3 if training else 1))
+
+
+def synthetic(n_cells: int = 5000, n_genes: int = 20000, density: float = 0.05, seed: int = 0):
+    """Sparse counts with ~density non-zeros, heavy-tailed genes, 5 fake types."""
+    import anndata as ad
+    import pandas as pd
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(seed)
+    gene_rate = rng.gamma(0.6, 1.0, n_genes)
+    gene_rate /= gene_rate.mean()
+    nnz_per_cell = rng.poisson(density * n_genes, n_cells)
+    rows, cols = [], []
+    p = gene_rate / gene_rate.sum()
+    for i, k in enumerate(nnz_per_cell):
+        genes = rng.choice(n_genes, size=min(k, n_genes), replace=False, p=p)
+        rows.append(np.full(genes.size, i))
+        cols.append(genes)
+    rows, cols = np.concatenate(rows), np.concatenate(cols)
+    values = rng.geometric(0.5, rows.size).astype(np.float32)
+    x = sp.csr_matrix((values, (rows, cols)), shape=(n_cells, n_genes))
+    obs = pd.DataFrame({"cell_type": rng.choice([f"type{i}" for i in range(5)], n_cells)})
+    obs.index = obs.index.astype(str)
+    return ad.AnnData(x, obs=obs, var=pd.DataFrame(index=[f"g{i}" for i in range(n_genes)]))
+
+
+def _tokens_per_batch(adata, n: int, batch_size: int, n_batches: int, seed: int = 0) -> np.ndarray:
+    """Tokens per sequence (CLS + each batch's longest real input) for random batches."""
+    nnz = np.diff(adata.X.indptr) if hasattr(adata.X, "indptr") else (np.asarray(adata.X) > 0).sum(1)
+    per_cell = np.minimum(nnz, n)
+    rng = np.random.default_rng(seed)
+    lengths = [per_cell[rng.choice(per_cell.size, batch_size, replace=False)].max() + 1 for _ in range(n_batches)]
+    return np.repeat(np.asarray(lengths), batch_size)
+
+
+class _StepTimer:
+    """Lightning callback timing optimiser steps after a warm-up."""
+
+    def __init__(self, warmup: int):
+        from lightning.pytorch.callbacks import Callback
+
+        outer = self
+
+        class _Callback(Callback):
+            def on_train_batch_start(self, trainer, module, batch, idx):
+                if trainer.global_step == warmup:
+                    outer.start = time.perf_counter()
+                    outer.cells = 0
+
+            def on_train_batch_end(self, trainer, module, outputs, batch, idx):
+                if outer.start is not None:
+                    outer.cells += next(iter(batch.values())).shape[0]
+                    outer.end = time.perf_counter()
+
+        self.start, self.end, self.cells = None, None, 0
+        self.callback = _Callback()
+
+    @property
+    def cells_per_s(self) -> float:
+        return self.cells / (self.end - self.start)
+
+
+def measure(phase: str, config: str, data: str, threads: int, steps: int, warmup: int, bf16: bool) -> dict:
+    """One measurement in this process; returns its figures."""
+    import logging
+
+    import anndata as ad
+    import scvi
+    import torch
+
+    import scrobust_sc as scrobust
+
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    scvi.settings.num_threads = threads
+    scvi.settings.seed = 0
+    torch.set_num_threads(threads)
+    adata = synthetic() if data == "synthetic" else ad.read_h5ad(data)
+    labels_key = "cell_type" if phase == "finetune" else None
+    scrobust.SCRobust.setup_anndata(adata, labels_key=labels_key)
+    cfg = CONFIGS[config]
+    model = scrobust.SCRobust(adata, **cfg["model"])
+    module = model.module
+    d, n_layers = model.init_params_["non_kwargs"]["d_model"], module.encoder.n_layers
+    quiet = {"enable_progress_bar": False, "enable_model_summary": False, "logger": None}
+    if bf16:
+        quiet["precision"] = "bf16-mixed"
+    torch.set_num_threads(threads)
+    result = {"phase": phase, "config": config, "data": Path(data).stem, "n_cells": adata.n_obs}
+    result |= {"n_genes": adata.n_vars, "nnz": int(adata.X.nnz), "d_model": d, "n_layers": n_layers, "bf16": bf16}
+    if phase in ("pretrain", "finetune"):
+        timer = _StepTimer(warmup)
+        kwargs = {"max_steps": warmup + steps, "callbacks": [timer.callback], **quiet}
+        if phase == "pretrain":
+            batch = cfg["pretrain"].get("batch_size", 64)
+            model.pretrain(batch_size=batch, validation_size=0.0, **kwargs)
+            n = module.n_view_genes
+            tokens = np.concatenate([_tokens_per_batch(adata, n, batch, steps, seed) for seed in (1, 2)])
+            flops = {e: encoder_flops(tokens, d, n_layers, True, e) / (batch * steps) for e in (True, False)}
+        else:
+            batch = cfg["finetune"].get("batch_size", 32)
+            n = cfg["finetune"].get("n_genes", 800)
+            model.train(max_epochs=1000, batch_size=batch, n_genes=n, validation_size=0.0, **kwargs)
+            tokens = _tokens_per_batch(adata, n, batch, steps)
+            flops = {e: encoder_flops(tokens, d, n_layers, True, e) / (batch * steps) for e in (True, False)}
+        result |= {"batch_size": batch, "genes_per_cell": n, "cells_per_s": timer.cells_per_s, "timed_steps": steps}
+        result["flops_per_cell"], result["published_flops_per_cell"] = flops[True], flops[False]
+    else:
+        n = cfg["embed"].get("n_genes", 1000)
+        batch = cfg["embed"].get("batch_size", 256)
+        model.get_latent_representation(indices=np.arange(min(256, adata.n_obs)), n_genes=n)  # warm-up
+        start = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            model.get_latent_representation(n_genes=n, batch_size=batch)
+        seconds = time.perf_counter() - start
+        tokens = _tokens_per_batch(adata, n, batch, int(np.ceil(adata.n_obs / batch)))[: adata.n_obs]
+        result |= {"batch_size": batch, "genes_per_cell": n, "cells_per_s": adata.n_obs / seconds}
+        result["flops_per_cell"] = encoder_flops(tokens, d, n_layers, False, True) / adata.n_obs
+        result["published_flops_per_cell"] = encoder_flops(tokens, d, n_layers, False, False) / adata.n_obs
+    result["gflops_per_s"] = result["flops_per_cell"] * result["cells_per_s"] / 1e9
+    result["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default="../shared/data/zheng_sorted_pbmc_fasttopics.h5ad")
+    parser.add_argument("--synthetic", action="store_true", help="5,000 x 20,000 synthetic counts, 5%% non-zeros")
+    parser.add_argument("--configs", nargs="+", default=["paper", "default"])
+    parser.add_argument("--phases", nargs="+", default=["pretrain", "finetune", "embed"])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=20, help="timed optimiser steps")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    parser.add_argument("--child", nargs=2, metavar=("PHASE", "CONFIG"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    data = "synthetic" if args.synthetic else args.data
+    if args.child:
+        figures = measure(*args.child, data, args.threads, args.steps, args.warmup, args.bf16)
+        print("RESULT " + json.dumps(figures), flush=True)
+        return
+    import torch
+
+    peak = {"fp32": matmul_peak(args.threads), "bf16": matmul_peak(args.threads, "bfloat16")}
+    rows = []
+    for config in args.configs:
+        for phase in args.phases:
+            cmd = [sys.executable, __file__, "--child", phase, config, "--threads", str(args.threads)]
+            cmd += ["--steps", str(args.steps), "--warmup", str(args.warmup)]
+            cmd += ["--synthetic"] if args.synthetic else ["--data", args.data]
+            cmd += ["--bf16"] if args.bf16 else []
+            done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+            lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+            if not lines:
+                print(done.stderr[-3000:], file=sys.stderr)
+                raise SystemExit(f"{phase}/{config} failed")
+            row = json.loads(lines[-1][len("RESULT ") :])
+            row["fraction_of_matmul_peak"] = row["gflops_per_s"] / peak["bf16" if args.bf16 else "fp32"]
+            if config == "paper":
+                row["speedup_vs_reference"] = row["cells_per_s"] / REFERENCE[phase]
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    result = {
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "threads": args.threads,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+        },
+        "matmul_peak_gflops": peak,
+        "reference_cells_per_s": REFERENCE,
+        "rows": rows,
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    name = f"throughput_{'synthetic' if args.synthetic else Path(args.data).stem}{'_bf16' if args.bf16 else ''}.json"
+    (out / name).write_text(json.dumps(result, indent=1))
+    print(f"wrote {out / name}")
+
+
+if __name__ == "__main__":
+    main()
