@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -55,9 +56,8 @@ def test_docs_build_without_warnings(tmp_path):
     pytest.importorskip("furo", reason="furo is not installed: pip install -e '.[docs]'")
     # a fresh copy, so that generated API stubs and caches of earlier builds play no part
     source = tmp_path / "docs"
-    subprocess.run(["cp", "-r", str(DOCS), str(source)], check=True)
-    for stale in ("_build", "generated", "jupyter_execute"):
-        subprocess.run(["rm", "-rf", str(source / stale)], check=True)
+    stale = shutil.ignore_patterns("_build", "generated", "jupyter_execute")
+    shutil.copytree(DOCS, source, symlinks=True, ignore=stale)
     # the tutorial pages are links to ../../notebooks/*.ipynb: keep them pointing at the repository
     notebooks = tmp_path / "notebooks"
     notebooks.symlink_to(DOCS.parent / "notebooks")
