@@ -116,3 +116,22 @@ def test_benchmark_command_reports_bad_options(tmp_path, capsys):
     assert "labels column 'nope'" in capsys.readouterr().err
     assert main(["benchmark", "--data", str(data), "--scrobust-options", "{", "--out", str(tmp_path)]) == 2
     assert "not valid JSON" in capsys.readouterr().err
+
+
+def test_atac_benchmark_runs_scrobust_and_the_peak_peers(one_thread):
+    from pathlib import Path
+
+    import anndata as ad
+
+    peaks = ad.read_h5ad(Path(__file__).parent / "data" / "granja_atac_fixture.h5ad")
+    table = benchmark.run_benchmark(
+        peaks, methods=["scrobust", "logreg", "knn", "celltypist"], quick=True, modality="atac"
+    )
+    f1 = table.query("metric == 'f1_macro'").groupby("method")["value"].mean()
+    assert set(f1.index) == {"scrobust", "logreg", "knn"}
+    majority = benchmark.classification_scores(
+        peaks.obs["cell_type"].astype(str), [peaks.obs["cell_type"].astype(str).mode()[0]] * peaks.n_obs
+    )["f1_macro"]
+    assert (f1 > majority).all()  # TF-IDF and LSI peers learn something on peaks
+    errors = table[table["metric"] == "error"]
+    assert set(errors["method"]) == {"celltypist"} and errors["note"].str.contains("RNA annotator").all()

@@ -175,6 +175,7 @@ def _cmd_benchmark(args) -> None:
             scrobust_options=options,
             quick=args.quick,
             dataset=Path(path).stem,
+            modality=args.modality,
         )
         name = f"{Path(path).stem}_{args.protocol}{args.tag and '_' + args.tag}.csv"
         results.to_csv(out / name, index=False)
@@ -259,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split-key", default=None, help="obs column to cross (protocol cross), e.g. platform")
     p.add_argument("--dropout-rates", type=float, nargs="+", default=[0.3, 0.5])
     p.add_argument("--scrobust-options", default="{}", help="JSON: pretrain, model/pretrain/train_kwargs")
+    p.add_argument("--modality", default="rna", choices=["rna", "atac"], help="genes or peaks")
     p.add_argument("--quick", action="store_true", help="tiny configuration that checks the harness")
     p.add_argument("--tag", default="", help="suffix of the results file name")
     p.add_argument("--out", default="benchmark_results", help="folder for CSVs, summary.md and plots")

@@ -8,6 +8,7 @@ from ._methods import (
     celltypist_method,
     knn_method,
     logreg_method,
+    peer_features,
     scanvi_method,
     scrobust_method,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "markdown_table",
     "novel_splits",
     "novel_type_scores",
+    "peer_features",
     "plot_benchmark",
     "quick_subset",
     "run_benchmark",

@@ -59,8 +59,45 @@ def _require(module: str, extra: str = "benchmark"):
         ) from err
 
 
-def logreg_method(train: ad.AnnData, test: ad.AnnData, labels_key: str, *, seed: int = 0, quick: bool = False, **_):
-    """Logistic regression on the training fold's 2,000 HVGs (log-normalised, scaled).
+def peer_features(train: ad.AnnData, test: ad.AnnData, modality: str = "rna", n_features: int = 2000):
+    """Features of the linear and kNN peers, chosen on the training fold.
+
+    RNA: log-normalised expression of the 2,000 most variable genes. ATAC: TF-IDF
+    (``log1p``, idf of the training fold) of the 2,000 most often accessible peaks, as in
+    ``shared/data/BASELINES.md``.
+
+    Examples
+    --------
+    >>> xtr, xte = peer_features(train, test, modality="atac")  # doctest: +SKIP
+    """
+    if modality == "rna":
+        return hvg_features(train, test, n_top_genes=n_features)
+    if modality != "atac":
+        raise ValueError(f"modality must be 'rna' or 'atac', not {modality!r}.")
+    from scrobust_sc.data import inverse_document_frequency, tfidf_matrix, top_peaks_mask
+
+    keep = top_peaks_mask(train.X, n_top=n_features)
+    xtr, xte = train.X[:, keep], test.X[:, keep]
+    idf = inverse_document_frequency(xtr)
+    return tfidf_matrix(xtr, idf), tfidf_matrix(xte, idf)
+
+
+def _rna_only(name: str, modality: str) -> None:
+    if modality != "rna":
+        raise ValueError(f"{name} is an RNA annotator; it is not run on {modality} data.")
+
+
+def logreg_method(
+    train: ad.AnnData,
+    test: ad.AnnData,
+    labels_key: str,
+    *,
+    seed: int = 0,
+    quick: bool = False,
+    modality: str = "rna",
+    **_,
+):
+    """Logistic regression on the training fold's 2,000 HVGs (log-normalised, scaled), or TF-IDF peaks.
 
     Examples
     --------
@@ -69,15 +106,17 @@ def logreg_method(train: ad.AnnData, test: ad.AnnData, labels_key: str, *, seed:
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
-    xtr, xte = hvg_features(train, test)
+    xtr, xte = peer_features(train, test, modality)
     scaler = StandardScaler(with_mean=False).fit(xtr)
     clf = LogisticRegression(max_iter=100 if quick else 1000, random_state=seed)
     clf.fit(scaler.transform(xtr), train.obs[labels_key].astype(str).to_numpy())
     return _from_proba(pd.DataFrame(clf.predict_proba(scaler.transform(xte)), columns=clf.classes_))
 
 
-def knn_method(train: ad.AnnData, test: ad.AnnData, labels_key: str, *, seed: int = 0, **_):
-    """Nearest neighbours (k=15) on 50 PCs of the training fold's scaled, clipped HVGs.
+def knn_method(train: ad.AnnData, test: ad.AnnData, labels_key: str, *, seed: int = 0, modality: str = "rna", **_):
+    """Nearest neighbours (k=15) on 50 PCs of the training fold's scaled, clipped HVGs; on LSI for ATAC.
+
+    ATAC: LSI, a truncated SVD of the TF-IDF peaks with the first component (depth) dropped.
 
     Examples
     --------
@@ -87,7 +126,14 @@ def knn_method(train: ad.AnnData, test: ad.AnnData, labels_key: str, *, seed: in
     from sklearn.neighbors import KNeighborsClassifier
     from sklearn.preprocessing import StandardScaler
 
-    xtr, xte = hvg_features(train, test)
+    xtr, xte = peer_features(train, test, modality)
+    if modality == "atac":
+        from sklearn.decomposition import TruncatedSVD
+
+        svd = TruncatedSVD(min(51, xtr.shape[1] - 1), random_state=seed).fit(xtr)
+        ztr, zte = svd.transform(xtr)[:, 1:], svd.transform(xte)[:, 1:]
+        clf = KNeighborsClassifier(min(15, ztr.shape[0])).fit(ztr, train.obs[labels_key].astype(str))
+        return _from_proba(pd.DataFrame(clf.predict_proba(zte), columns=clf.classes_))
     xtr = xtr.toarray() if hasattr(xtr, "toarray") else np.asarray(xtr)
     xte = xte.toarray() if hasattr(xte, "toarray") else np.asarray(xte)
     scaler = StandardScaler().fit(xtr)
@@ -97,7 +143,16 @@ def knn_method(train: ad.AnnData, test: ad.AnnData, labels_key: str, *, seed: in
     return _from_proba(pd.DataFrame(clf.predict_proba(pca.transform(zte)), columns=clf.classes_))
 
 
-def celltypist_method(train: ad.AnnData, test: ad.AnnData, labels_key: str, *, seed: int = 0, quick: bool = False, **_):
+def celltypist_method(
+    train: ad.AnnData,
+    test: ad.AnnData,
+    labels_key: str,
+    *,
+    seed: int = 0,
+    quick: bool = False,
+    modality: str = "rna",
+    **_,
+):
     """CellTypist trained on the training fold (all genes, log1p CP10k), as in BASELINES.md.
 
     ``celltypist.train(feature_selection=False, max_iter=200)``, then
@@ -108,6 +163,7 @@ def celltypist_method(train: ad.AnnData, test: ad.AnnData, labels_key: str, *, s
     --------
     >>> pred = celltypist_method(train, test, "cell_type")  # doctest: +SKIP
     """
+    _rna_only("CellTypist", modality)
     celltypist = _require("celltypist")
     tr, te = _log_normalized(train, None), _log_normalized(test, None)
     tr.obs[labels_key] = train.obs[labels_key].astype(str).to_numpy()
@@ -119,7 +175,16 @@ def celltypist_method(train: ad.AnnData, test: ad.AnnData, labels_key: str, *, s
     return _from_proba(result.probability_matrix.loc[:, list(model.cell_types)])
 
 
-def scanvi_method(train: ad.AnnData, test: ad.AnnData, labels_key: str, *, seed: int = 0, quick: bool = False, **_):
+def scanvi_method(
+    train: ad.AnnData,
+    test: ad.AnnData,
+    labels_key: str,
+    *,
+    seed: int = 0,
+    quick: bool = False,
+    modality: str = "rna",
+    **_,
+):
     """scANVI, transductive: test cells unlabelled, from an SCVI model on 2,000 training-fold HVGs.
 
     As in BASELINES.md: raw counts, ``SCVI(n_layers=2, n_latent=30)`` for up to 100 epochs,
@@ -132,6 +197,7 @@ def scanvi_method(train: ad.AnnData, test: ad.AnnData, labels_key: str, *, seed:
     import scanpy as sc
     import scvi
 
+    _rna_only("scANVI", modality)
     if not _counts_like(train.X):
         raise ValueError("scANVI needs raw counts; this dataset holds log-normalised values.")
     hvg = ad.AnnData(train.X.copy(), var=pd.DataFrame(index=train.var_names))
@@ -173,13 +239,15 @@ def scrobust_method(
     seed: int = 0,
     quick: bool = False,
     options: dict | None = None,
+    modality: str = "rna",
     **_,
 ):
     """Run scRobust through :func:`scrobust_sc.tl.fit_annotator` with the package defaults.
 
-    ``options`` may hold ``pretrain`` (bool), ``model_kwargs``, ``pretrain_kwargs`` and
-    ``train_kwargs``; ``quick`` shrinks the model and the training. Cells whose novelty
-    exceeds ``tl.annotate``'s default threshold are rejected.
+    ``options`` may hold ``pretrain`` (bool), ``model_kwargs``, ``pretrain_kwargs``,
+    ``train_kwargs`` and ``setup_kwargs`` (e.g. ``{"atac_values": "tfidf"}``); ``quick``
+    shrinks the model and the training. Cells whose novelty exceeds ``tl.annotate``'s
+    default threshold are rejected.
 
     Examples
     --------
@@ -205,6 +273,8 @@ def scrobust_method(
         pretrain=options.get("pretrain", True),
         pretrain_kwargs={**silent, **kwargs["pretrain_kwargs"]},
         train_kwargs={**silent, **kwargs["train_kwargs"]},
+        modality=modality,
+        setup_kwargs=options.get("setup_kwargs"),
     )
     proba, novelty = model._classify_cells(test, None, 256)
     labels = _from_proba(proba).labels

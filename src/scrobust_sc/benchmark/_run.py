@@ -83,6 +83,7 @@ def run_benchmark(
     scrobust_options: dict | None = None,
     quick: bool = False,
     dataset: str = "data",
+    modality: str = "rna",
 ) -> pd.DataFrame:
     """Run one protocol for several methods on the same seeded splits.
 
@@ -120,6 +121,9 @@ def run_benchmark(
         checks the harness in a couple of minutes; its scores mean nothing.
     dataset
         Name written in the ``dataset`` column.
+    modality
+        ``"rna"`` or ``"atac"`` (peaks: scRobust on binarised peaks, the linear and kNN
+        peers on TF-IDF and LSI; CellTypist and scANVI are RNA-only).
 
     Returns
     -------
@@ -169,7 +173,7 @@ def run_benchmark(
                     start = time.perf_counter()
                     try:
                         pred = METHODS[method](
-                            train, test, labels_key, seed=seed + repeat, quick=quick, options=options
+                            train, test, labels_key, seed=seed + repeat, quick=quick, options=options, modality=modality
                         )
                     except Exception as err:  # noqa: BLE001 - one failing peer must not stop the run
                         logger.warning("%s failed on %s: %s", name, split.name, err)
