@@ -105,7 +105,7 @@ def tfidf_matrix(matrix, idf: np.ndarray | None = None, *, scale_factor: float =
     --------
     >>> import numpy as np
     >>> x = np.array([[1, 0], [3, 2]])
-    >>> np.round(tfidf_matrix(x, scale_factor=1.0).toarray(), 3).tolist()
+    >>> np.round(tfidf_matrix(x, scale_factor=1.0).toarray().astype(float), 3).tolist()
     [[0.693, 0.0], [0.405, 0.693]]
     """
     binary = binarize(matrix)

@@ -114,7 +114,7 @@ def tfidf(
     --------
     >>> import numpy as np
     >>> x = np.array([[1, 0], [3, 2]])
-    >>> np.round(tfidf(x, scale_factor=1.0).toarray(), 3).tolist()
+    >>> np.round(tfidf(x, scale_factor=1.0).toarray().astype(float), 3).tolist()
     [[0.693, 0.0], [0.405, 0.693]]
     >>> import anndata as ad
     >>> a = ad.AnnData(x.astype(np.float32))
