@@ -84,7 +84,10 @@ def test_bad_protocol_methods_and_split_key_are_refused():
 
 def test_novel_protocol_scores_each_held_out_type():
     adata = scrobust.data.pbmc_demo()
-    table = benchmark.run_benchmark(adata, protocol="novel", methods=["logreg"], quick=True)
+    partial = []
+    table = benchmark.run_benchmark(adata, protocol="novel", methods=["logreg"], quick=True, on_split=partial.append)
+    assert len(partial) == 2 and partial[-1].equals(table)  # results so far, after every split
+    assert set(partial[0]["fold"]) == {table["fold"].iloc[0]}
     folds = table.query("metric == 'unknown_accuracy'")["fold"]
     assert len(folds) == 2 and folds.str.startswith("novel ").all()
     assert "unknown_accuracy" in benchmark.markdown_table(table)

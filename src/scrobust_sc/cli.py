@@ -161,6 +161,7 @@ def _cmd_benchmark(args) -> None:
         adata = _read(path)
         if args.labels_key not in adata.obs.columns:
             raise CLIError(f"labels column {args.labels_key!r} not in {path} (obs columns: {list(adata.obs.columns)})")
+        name = f"{Path(path).stem}_{args.protocol}{args.tag and '_' + args.tag}.csv"
         results = benchmark.run_benchmark(
             adata,
             args.labels_key,
@@ -176,8 +177,8 @@ def _cmd_benchmark(args) -> None:
             quick=args.quick,
             dataset=Path(path).stem,
             modality=args.modality,
+            on_split=lambda partial, target=out / name: partial.to_csv(target, index=False),
         )
-        name = f"{Path(path).stem}_{args.protocol}{args.tag and '_' + args.tag}.csv"
         results.to_csv(out / name, index=False)
         logger.info("wrote %s", out / name)
     benchmark.write_report(out)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import anndata as ad
 import numpy as np
@@ -84,6 +84,7 @@ def run_benchmark(
     quick: bool = False,
     dataset: str = "data",
     modality: str = "rna",
+    on_split: Callable[[pd.DataFrame], None] | None = None,
 ) -> pd.DataFrame:
     """Run one protocol for several methods on the same seeded splits.
 
@@ -124,6 +125,9 @@ def run_benchmark(
     modality
         ``"rna"`` or ``"atac"`` (peaks: scRobust on binarised peaks, the linear and kNN
         peers on TF-IDF and LSI; CellTypist and scANVI are RNA-only).
+    on_split
+        Called with the results so far after every split (e.g. to write them to disk, so
+        that an interrupted run keeps its finished splits).
 
     Returns
     -------
@@ -186,6 +190,8 @@ def run_benchmark(
                         base | {"metric": k, "value": v, "seconds": seconds, "note": split.note}
                         for k, v in scores.items()
                     ]
+                if on_split is not None:
+                    on_split(pd.DataFrame(rows, columns=COLUMNS))
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
