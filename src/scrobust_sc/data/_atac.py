@@ -8,7 +8,7 @@ from scipy import sparse
 from scrobust_sc._constants import TARGET_SUM
 
 from ._ranking import _row_chunks
-from ._validation import N_VALUES_CHECKED, _stored_values
+from ._validation import sampled_nonzero_values
 
 #: How peak accessibility becomes token values: 1 for an accessible peak, or its TF-IDF.
 ATAC_VALUES = ("binary", "tfidf")
@@ -25,12 +25,7 @@ def check_atac_values(matrix, *, where: str = "the peak matrix") -> None:
     >>> import numpy as np
     >>> check_atac_values(np.array([[0, 1, 4]]))
     """
-    values = _stored_values(matrix)
-    values = values[values != 0]
-    if values.size == 0:
-        raise ValueError(f"{where} has no non-zero entry: there is nothing to learn from. Check `layer=`.")
-    if values.size > N_VALUES_CHECKED:
-        values = values[np.linspace(0, values.size - 1, N_VALUES_CHECKED).astype(np.int64)]
+    values = sampled_nonzero_values(matrix, where=where)
     if not np.all(np.equal(np.mod(values, 1), 0)):
         raise ValueError(
             f"{where} holds non-integer values (max {float(values.max()):.2f}): scATAC input must be peak counts "

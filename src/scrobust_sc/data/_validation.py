@@ -24,6 +24,24 @@ def _stored_values(matrix) -> np.ndarray:
     return np.asarray(matrix).ravel()
 
 
+def sampled_nonzero_values(matrix, *, where: str) -> np.ndarray:
+    """Up to :data:`N_VALUES_CHECKED` evenly spaced non-zero values; refuses a matrix without any.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> sampled_nonzero_values(np.array([[0, 2], [3, 0]]), where="x").tolist()
+    [2, 3]
+    """
+    values = _stored_values(matrix)
+    values = values[values != 0]
+    if values.size == 0:
+        raise ValueError(f"{where} has no non-zero entry: there is nothing to learn from. Check `layer=`.")
+    if values.size > N_VALUES_CHECKED:
+        values = values[np.linspace(0, values.size - 1, N_VALUES_CHECKED).astype(np.int64)]
+    return values
+
+
 def check_finite_nonnegative(matrix, *, where: str = "the expression matrix") -> None:
     """Raise ``ValueError`` for NaN, infinite or negative values.
 
@@ -76,12 +94,7 @@ def detect_input_kind(matrix, *, is_log_normalized: bool | None = None, where: s
     >>> detect_input_kind(np.log1p(np.array([[0.0, 3.5], [1.2, 0.0]])))
     True
     """
-    values = _stored_values(matrix)
-    values = values[values != 0]
-    if values.size == 0:
-        raise ValueError(f"{where} has no non-zero entry: there is nothing to learn from. Check `layer=`.")
-    if values.size > N_VALUES_CHECKED:
-        values = values[np.linspace(0, values.size - 1, N_VALUES_CHECKED).astype(np.int64)]
+    values = sampled_nonzero_values(matrix, where=where)
     integer = bool(np.all(np.equal(np.mod(values, 1), 0)))
     vmax = float(values.max())
     if is_log_normalized is None:

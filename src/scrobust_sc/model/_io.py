@@ -16,6 +16,8 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 
+from scrobust_sc.train._checkpoint import history_from_json, history_to_json
+
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "model.json"
 FORMAT_NAME = "scrobust-sc"
@@ -72,20 +74,6 @@ def _atomic_write(target: Path, write) -> None:
         raise
 
 
-def _history_to_json(history) -> dict:
-    if not isinstance(history, dict):
-        return {}
-    return {
-        k: {"index": [int(i) for i in v.index], "values": [float(x) for x in v.iloc[:, 0]]}
-        for k, v in history.items()
-        if isinstance(v, pd.DataFrame) and v.shape[1] == 1
-    }
-
-
-def _history_from_json(data: dict) -> dict:
-    return {k: pd.DataFrame({k: v["values"]}, index=pd.Index(v["index"], name="epoch")) for k, v in data.items()}
-
-
 def save_model_files(model, dir_path: Path, *, overwrite: bool = False) -> None:
     """Write ``model.safetensors`` then ``model.json`` (the commit point) into ``dir_path``."""
     from scrobust_sc import __version__
@@ -112,7 +100,7 @@ def save_model_files(model, dir_path: Path, *, overwrite: bool = False) -> None:
         "gene_names": list(model.gene_names_),
         "registry": _encode(model.registry_),
         "attributes": _encode(attributes),
-        "history": _history_to_json(model.history_),
+        "history": history_to_json(model.history_),
         "weights_sha256": _sha256(weights_path),
     }
     text = json.dumps(meta, indent=1)
@@ -157,5 +145,5 @@ def load_model_files(dir_path: Path, *, expected_class: str) -> tuple[dict, dict
         raise ValueError(f"{weights_path} cannot be read as safetensors (corrupted?): {err}") from None
     meta["registry"] = _decode(meta["registry"])
     meta["attributes"] = _decode(meta["attributes"])
-    meta["attributes"]["history_"] = _history_from_json(meta.get("history", {}))
+    meta["attributes"]["history_"] = history_from_json(meta.get("history", {}))
     return meta, state
