@@ -111,7 +111,7 @@ def cross_splits(groups, labels) -> list[Split]:
         train = np.flatnonzero(groups == value)
         test = np.flatnonzero(groups != value)
         known = np.isin(labels[test], np.unique(labels[train]))
-        dropped = sorted(set(labels[test][~known]))
-        note = f"test types absent from {value!r}, dropped: {dropped}" if dropped else ""
+        dropped = sorted(str(t) for t in set(labels[test][~known]))
+        note = f"test types absent from {str(value)!r}, dropped: {dropped}" if dropped else ""
         out.append(Split(f"{value} -> rest", k, train, test[known], note=note))
     return out
