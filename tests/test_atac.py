@@ -290,3 +290,11 @@ def test_cli_annotate_atac_end_to_end(atac, tmp_path):
     annotated = ad.read_h5ad(tmp_path / "a.h5ad")
     assert annotated.n_obs == test.size and annotated.uns["scrobust"]["params"]["modality"] == "atac"
     assert set(annotated.obs["scrobust_label"].astype(str)) <= set(y) | {"Unknown"}
+
+
+def test_cli_pretrain_atac_saves_a_peak_model(atac, tmp_path):
+    atac.write_h5ad(tmp_path / "peaks.h5ad")
+    argv = ["pretrain", str(tmp_path / "peaks.h5ad"), "--out", str(tmp_path / "m"), "--max-steps", "2"]
+    assert main([*argv, "--modality", "atac", "--atac-values", "tfidf"]) == 0
+    model = scrobust.SCRobust.load(tmp_path / "m")
+    assert model.modality == "atac" and model._setup_args["atac_values"] == "tfidf"

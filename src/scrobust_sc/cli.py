@@ -63,7 +63,10 @@ def _cmd_pretrain(args) -> None:
     from scrobust_sc.model import SCRobust
 
     adata = _read(args.data)
-    SCRobust.setup_anndata(adata, layer=args.layer, gene_symbols=args.gene_symbols, **_setup(args))
+    setup = _setup(args)
+    SCRobust.setup_anndata(
+        adata, layer=args.layer, gene_symbols=args.gene_symbols, modality=setup["modality"], **setup["setup_kwargs"]
+    )
     model = SCRobust(adata, preset=args.preset)
     model.pretrain(max_steps=args.max_steps, batch_size=args.batch_size, **_quiet_lightning(args.verbose))
     model.save(args.out, overwrite=args.overwrite)
