@@ -5,10 +5,6 @@ from __future__ import annotations
 import anndata as ad
 import numpy as np
 import scanpy as sc
-from sklearn.decomposition import PCA
-from sklearn.linear_model import LogisticRegression
-from sklearn.neighbors import KNeighborsClassifier
-from sklearn.preprocessing import StandardScaler
 
 
 def _log_normalized(adata: ad.AnnData, layer: str | None) -> ad.AnnData:
@@ -46,34 +42,29 @@ def logistic_regression_baseline(
 ) -> np.ndarray:
     """Logistic regression on scaled log-normalised HVGs; returns test predictions.
 
+    The labels of :func:`~scrobust_sc.benchmark.logreg_method`.
+
     Examples
     --------
     >>> pred = logistic_regression_baseline(train, test, "cell_type")  # doctest: +SKIP
     """
-    xtr, xte = hvg_features(train, test, layer=layer)
-    scaler = StandardScaler(with_mean=False).fit(xtr)
-    clf = LogisticRegression(max_iter=1000, random_state=seed)
-    clf.fit(scaler.transform(xtr), train.obs[labels_key].astype(str).to_numpy())
-    return clf.predict(scaler.transform(xte))
+    from ._methods import logreg_method
+
+    return logreg_method(train, test, labels_key, seed=seed, layer=layer).labels
 
 
-def knn_pca_baseline(
-    train: ad.AnnData, test: ad.AnnData, labels_key: str, *, layer: str | None = None, n_pcs: int = 50, k: int = 15
-) -> np.ndarray:
+def knn_pca_baseline(train: ad.AnnData, test: ad.AnnData, labels_key: str, *, layer: str | None = None) -> np.ndarray:
     """KNN (k=15) on 50 PCs of scaled, clipped HVGs fit on the training fold.
+
+    The labels of :func:`~scrobust_sc.benchmark.knn_method`.
 
     Examples
     --------
     >>> pred = knn_pca_baseline(train, test, "cell_type")  # doctest: +SKIP
     """
-    xtr, xte = hvg_features(train, test, layer=layer)
-    xtr = xtr.toarray() if hasattr(xtr, "toarray") else np.asarray(xtr)
-    xte = xte.toarray() if hasattr(xte, "toarray") else np.asarray(xte)
-    scaler = StandardScaler().fit(xtr)
-    ztr, zte = np.clip(scaler.transform(xtr), -10, 10), np.clip(scaler.transform(xte), -10, 10)
-    pca = PCA(n_components=min(n_pcs, ztr.shape[1] - 1, ztr.shape[0] - 1), random_state=0).fit(ztr)
-    clf = KNeighborsClassifier(k).fit(pca.transform(ztr), train.obs[labels_key].astype(str).to_numpy())
-    return clf.predict(pca.transform(zte))
+    from ._methods import knn_method
+
+    return knn_method(train, test, labels_key, layer=layer).labels
 
 
 def majority_baseline(train: ad.AnnData, test: ad.AnnData, labels_key: str) -> np.ndarray:

@@ -59,7 +59,9 @@ def _require(module: str, extra: str = "benchmark"):
         ) from err
 
 
-def peer_features(train: ad.AnnData, test: ad.AnnData, modality: str = "rna", n_features: int = 2000):
+def peer_features(
+    train: ad.AnnData, test: ad.AnnData, modality: str = "rna", n_features: int = 2000, layer: str | None = None
+):
     """Features of the linear and kNN peers, chosen on the training fold.
 
     RNA: log-normalised expression of the 2,000 most variable genes. ATAC: TF-IDF
@@ -71,13 +73,14 @@ def peer_features(train: ad.AnnData, test: ad.AnnData, modality: str = "rna", n_
     >>> xtr, xte = peer_features(train, test, modality="atac")  # doctest: +SKIP
     """
     if modality == "rna":
-        return hvg_features(train, test, n_top_genes=n_features)
+        return hvg_features(train, test, n_top_genes=n_features, layer=layer)
     if modality != "atac":
         raise ValueError(f"modality must be 'rna' or 'atac', not {modality!r}.")
     from scrobust_sc.data import inverse_document_frequency, tfidf_matrix, top_peaks_mask
 
-    keep = top_peaks_mask(train.X, n_top=n_features)
-    xtr, xte = train.X[:, keep], test.X[:, keep]
+    xtr, xte = (train.X, test.X) if layer is None else (train.layers[layer], test.layers[layer])
+    keep = top_peaks_mask(xtr, n_top=n_features)
+    xtr, xte = xtr[:, keep], xte[:, keep]
     idf = inverse_document_frequency(xtr)
     return tfidf_matrix(xtr, idf), tfidf_matrix(xte, idf)
 
@@ -95,6 +98,7 @@ def logreg_method(
     seed: int = 0,
     quick: bool = False,
     modality: str = "rna",
+    layer: str | None = None,
     **_,
 ):
     """Logistic regression on the training fold's 2,000 HVGs (log-normalised, scaled), or TF-IDF peaks.
@@ -106,14 +110,23 @@ def logreg_method(
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
-    xtr, xte = peer_features(train, test, modality)
+    xtr, xte = peer_features(train, test, modality, layer=layer)
     scaler = StandardScaler(with_mean=False).fit(xtr)
     clf = LogisticRegression(max_iter=100 if quick else 1000, random_state=seed)
     clf.fit(scaler.transform(xtr), train.obs[labels_key].astype(str).to_numpy())
     return _from_proba(pd.DataFrame(clf.predict_proba(scaler.transform(xte)), columns=clf.classes_))
 
 
-def knn_method(train: ad.AnnData, test: ad.AnnData, labels_key: str, *, seed: int = 0, modality: str = "rna", **_):
+def knn_method(
+    train: ad.AnnData,
+    test: ad.AnnData,
+    labels_key: str,
+    *,
+    seed: int = 0,
+    modality: str = "rna",
+    layer: str | None = None,
+    **_,
+):
     """Nearest neighbours (k=15) on 50 PCs of the training fold's scaled, clipped HVGs; on LSI for ATAC.
 
     ATAC: LSI, a truncated SVD of the TF-IDF peaks with the first component (depth) dropped.
@@ -126,7 +139,7 @@ def knn_method(train: ad.AnnData, test: ad.AnnData, labels_key: str, *, seed: in
     from sklearn.neighbors import KNeighborsClassifier
     from sklearn.preprocessing import StandardScaler
 
-    xtr, xte = peer_features(train, test, modality)
+    xtr, xte = peer_features(train, test, modality, layer=layer)
     if modality == "atac":
         from sklearn.decomposition import TruncatedSVD
 
