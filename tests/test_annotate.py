@@ -149,6 +149,9 @@ def test_model_level_helpers_agree_with_the_tools(small_pbmc, tmp_path, seeded):
     out = scrobust.tl.annotate(small_pbmc, model=model, copy=True)
     np.testing.assert_allclose(model.predict_novelty(small_pbmc), out.obs["scrobust_novelty"], rtol=1e-5)
     assert (model.get_attention(small_pbmc) != gene_attention(model, small_pbmc)).nnz == 0
-    ax = scrobust.pl.history(model, save=str(tmp_path / "history.png"))
+    axes = scrobust.pl.history(model, save=str(tmp_path / "history.png"))
     assert (tmp_path / "history.png").stat().st_size > 5000
-    assert any("contrastive_loss_train" in t.get_text() for t in ax.get_legend().get_texts())
+    legends = {ax.get_title(): [t.get_text() for t in ax.get_legend().get_texts()] for ax in axes}
+    assert "contrastive_loss_train" in legends["pre-training loss"]
+    assert "f1_macro_validation" in legends["fine-tuning accuracy and macro-F1"]
+    assert "f1_macro_validation" not in legends["pre-training loss"]

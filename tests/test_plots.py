@@ -95,6 +95,56 @@ def test_pathway_embedding_png(data, model, tmp_path, basis, color):
     assert len(stars.get_offsets()) == len(SETS)
 
 
+def test_pathway_labels_do_not_overlap(data, model):
+    """Labels of pathway stars that land on top of each other are spread apart."""
+    sets = {f"{name} {k}": genes for name, genes in SETS.items() for k in range(3)}  # near-identical vectors
+    ax = scrobust.pl.pathway_embedding(data, model, gene_sets=sets, basis="umap")
+    ax.figure.canvas.draw()
+    boxes = [t.get_bbox_patch().get_window_extent() for t in ax.texts]  # the label boxes, not their lines
+    assert len(boxes) == len(sets)
+    overlaps = [(i, j) for i in range(len(boxes)) for j in range(i) if boxes[i].overlaps(boxes[j])]
+    assert not overlaps, overlaps
+
+
+def test_spread_labels_keeps_the_gap_and_leaves_far_points():
+    points = np.array([[0.0, 0.0], [0.0, 0.0], [0.2, 0.1], [10.0, 10.0]])
+    out = scrobust.pl.spread_labels(points, min_distance=np.array([1.0, 0.5]))
+    gaps = np.linalg.norm((out[:, None] - out[None]) / np.array([1.0, 0.5]), axis=2)
+    np.fill_diagonal(gaps, np.inf)
+    assert gaps.min() >= 0.99
+    np.testing.assert_allclose(out[3], points[3])  # a lone label stays on its point
+    again = scrobust.pl.spread_labels(points, min_distance=np.array([1.0, 0.5]))
+    np.testing.assert_array_equal(again, out)  # deterministic
+
+
+def test_confusion_draws_cell_borders(data):
+    adata = data.copy()
+    adata.obs["same"] = adata.obs["cell_type_coarse"].astype(str)
+    ax = scrobust.pl.confusion(adata, true="cell_type_coarse", pred="same")
+    n_types = adata.obs["cell_type_coarse"].nunique()
+    np.testing.assert_allclose(ax.get_xticks(minor=True), np.arange(-0.5, n_types))
+    assert any(line.get_visible() for line in ax.xaxis.get_gridlines(which="minor"))
+
+
+def test_history_panels_group_stages():
+    keys = ["train_loss", "contrastive_loss_train", "classification_loss_validation", "accuracy_train", "lr-AdamW"]
+    panels = scrobust.pl.history_panels(keys)
+    assert panels == {
+        "pre-training loss": ["train_loss", "contrastive_loss_train"],
+        "fine-tuning loss": ["classification_loss_validation"],
+        "fine-tuning accuracy and macro-F1": ["accuracy_train"],
+        "other": ["lr-AdamW"],
+    }
+
+
+def test_history_needs_a_trained_model_and_known_keys(model):
+    with pytest.raises(ValueError, match="Not in model.history"):
+        scrobust.pl.history(model, keys=["nope"])
+    blank = type("Blank", (), {"history": None})()
+    with pytest.raises(ValueError, match="no training history"):
+        scrobust.pl.history(blank)
+
+
 def test_pathway_embedding_rejects_other_basis(data, model):
     with pytest.raises(ValueError, match="basis"):
         scrobust.pl.pathway_embedding(data, model, gene_sets=SETS, basis="pca")

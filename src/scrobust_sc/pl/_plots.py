@@ -90,6 +90,10 @@ def confusion(
             )
     ax.set_xticks(range(counts.shape[1]), counts.columns, rotation=45, ha="right")
     ax.set_yticks(range(counts.shape[0]), counts.index)
+    ax.set_xticks(np.arange(-0.5, counts.shape[1]), minor=True)
+    ax.set_yticks(np.arange(-0.5, counts.shape[0]), minor=True)
+    ax.grid(which="minor", color="white", linewidth=1.5)
+    ax.tick_params(which="minor", length=0)
     ax.set_xlabel(pred)
     ax.set_ylabel(true)
     ax.figure.colorbar(image, ax=ax, label="share of row" if normalize else "cells")
@@ -129,6 +133,93 @@ def _two_dimensions_unlimited(points: np.ndarray, basis: str, random_state: int)
         return joint.obsm["X_umap"]
     sc.tl.tsne(joint, use_rep="X", perplexity=min(30.0, (n - 1) / 3.0), random_state=random_state)
     return joint.obsm["X_tsne"]
+
+
+def spread_labels(
+    points: np.ndarray,
+    *,
+    min_distance: float | np.ndarray,
+    offset: float | np.ndarray = 0.0,
+    n_iter: int = 200,
+) -> np.ndarray:
+    """Positions for text labels near ``points`` that keep at least ``min_distance`` apart.
+
+    Each label starts at its point shifted by ``offset`` and labels closer than
+    ``min_distance`` (per axis, in data units; an array gives one scale per axis) are
+    pushed apart along the line between them, a little each round, for ``n_iter`` rounds.
+    Labels that coincide exactly are separated in a fixed, seeded direction, so the
+    result is deterministic.
+
+    Parameters
+    ----------
+    points
+        Anchor coordinates, ``(n, 2)``.
+    min_distance
+        Smallest gap between two labels, in data units (scalar or one per axis).
+    offset
+        Shift of each label from its point before spreading.
+    n_iter
+        Rounds of pushing.
+
+    Returns
+    -------
+    Label coordinates, ``(n, 2)``.
+
+    Examples
+    --------
+    >>> from scrobust_sc.pl import spread_labels
+    >>> xy = spread_labels(np.array([[0.0, 0.0], [0.01, 0.0]]), min_distance=1.0)
+    >>> bool(np.linalg.norm(xy[0] - xy[1]) >= 0.99)
+    True
+    """
+    points = np.asarray(points, dtype=float)
+    scale = np.broadcast_to(np.asarray(min_distance, dtype=float), (2,)).copy()
+    scale[scale <= 0] = 1.0
+    unit = (points + offset) / scale  # in units of the minimal gap
+    jitter = np.random.default_rng(0).normal(size=unit.shape) * 1e-3
+    for _ in range(n_iter):
+        delta = unit[:, None, :] - unit[None, :, :]
+        delta[np.all(delta == 0, axis=2)] = jitter[np.nonzero(np.all(delta == 0, axis=2))[0]]
+        distance = np.linalg.norm(delta, axis=2)
+        np.fill_diagonal(distance, np.inf)
+        overlap = np.clip(1.0 - distance, 0.0, None)
+        if not overlap.any():
+            break
+        push = (delta / np.maximum(distance, 1e-9)[:, :, None] * overlap[:, :, None] / 2).sum(axis=1)
+        unit = unit + 0.6 * push
+    return unit * scale
+
+
+def _label_points(ax: Axes, points: np.ndarray, names: list[str]) -> None:
+    """Label points with boxed texts spread apart by their drawn size, linked by thin lines."""
+    texts = [
+        ax.annotate(
+            name,
+            (x, y),
+            xytext=(x, y),
+            ha="center",
+            va="center",
+            fontsize="small",
+            weight="bold",
+            zorder=4,
+            bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.7},
+            arrowprops={"arrowstyle": "-", "color": "0.3", "lw": 0.6, "shrinkA": 0, "shrinkB": 4},
+        )
+        for (x, y), name in zip(points, names, strict=True)
+    ]
+    if not texts:
+        return
+    ax.autoscale_view()
+    renderer = ax.figure.canvas.get_renderer() if hasattr(ax.figure.canvas, "get_renderer") else None
+    if renderer is None:
+        ax.figure.draw_without_rendering()
+    extents = [t.get_window_extent(renderer) for t in texts]
+    pixels = np.array([[0.0, 0.0], [max(e.width for e in extents), max(e.height for e in extents)]])
+    corner = ax.transData.inverted().transform(pixels + ax.transData.transform(points[:1]))
+    size = np.abs(corner[1] - corner[0])  # the largest label, in data units
+    spread = spread_labels(points, min_distance=1.5 * size, offset=np.array([0.0, 1.0]) * size[1])
+    for text, position in zip(texts, spread, strict=True):
+        text.xyann = tuple(position)
 
 
 def pathway_embedding(
@@ -210,8 +301,7 @@ def pathway_embedding(
         points = ax.scatter(*cell_xy.T, s=point_size, c=values.to_numpy(dtype=float), cmap="viridis", linewidths=0)
         ax.figure.colorbar(points, ax=ax, label=color)
     ax.scatter(*path_xy.T, s=220, marker="*", c="black", edgecolors="white", linewidths=0.8, zorder=3)
-    for (x, y), name in zip(path_xy, names, strict=True):
-        ax.annotate(name, (x, y), xytext=(4, 4), textcoords="offset points", fontsize="small", weight="bold", zorder=4)
+    _label_points(ax, path_xy, names)
     label = "UMAP" if basis == "umap" else "t-SNE"
     ax.set_xlabel(f"{label} 1")
     ax.set_ylabel(f"{label} 2")
