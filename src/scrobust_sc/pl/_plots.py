@@ -217,7 +217,8 @@ def _label_points(ax: Axes, points: np.ndarray, names: list[str]) -> None:
     pixels = np.array([[0.0, 0.0], [max(e.width for e in extents), max(e.height for e in extents)]])
     corner = ax.transData.inverted().transform(pixels + ax.transData.transform(points[:1]))
     size = np.abs(corner[1] - corner[0])  # the largest label, in data units
-    spread = spread_labels(points, min_distance=1.5 * size, offset=np.array([0.0, 1.0]) * size[1])
+    # 1.5 for the diagonal (a gap of 1 in x and y at once needs 1.41 in the ellipse), more for the box padding
+    spread = spread_labels(points, min_distance=1.8 * size, offset=np.array([0.0, 1.0]) * size[1], n_iter=400)
     for text, position in zip(texts, spread, strict=True):
         text.xyann = tuple(position)
 
