@@ -179,7 +179,8 @@ def spread_labels(
     jitter = np.random.default_rng(0).normal(size=unit.shape) * 1e-3
     for _ in range(n_iter):
         delta = unit[:, None, :] - unit[None, :, :]
-        delta[np.all(delta == 0, axis=2)] = jitter[np.nonzero(np.all(delta == 0, axis=2))[0]]
+        same = np.all(delta == 0, axis=2)
+        delta[same] = jitter[np.nonzero(same)[0]]
         distance = np.linalg.norm(delta, axis=2)
         np.fill_diagonal(distance, np.inf)
         overlap = np.clip(1.0 - distance, 0.0, None)
