@@ -185,3 +185,33 @@ def test_attention_markers_needs_markers(data):
         adata = data.copy()
         adata.uns["scrobust_markers"] = {"names": np.zeros(1), "params": {"groupby": "cell_type_coarse"}}
         scrobust.pl.attention_markers(adata, kind="violin")
+
+
+def test_neighbors_beyond_scanpys_brute_force_limit(monkeypatch):
+    # From 8,192 cells on scanpy switches to pynndescent, whose 0.7 release returns a
+    # csr_array that scanpy 1.11 cannot read ('csr_array' has no 'getnnz'). The approximate
+    # search is replaced by an exact one returning a csr_array, as pynndescent 0.7 does
+    # (compiling pynndescent takes a minute); the graph must still build and be right.
+    import anndata as ad
+    import pynndescent
+    import scipy.sparse as sp
+    from sklearn.neighbors import KNeighborsTransformer
+
+    from scrobust_sc._neighbors import BRUTE_FORCE_LIMIT, neighbors
+
+    def exact_as_array(self, X, y=None, **kwargs):
+        exact = KNeighborsTransformer(n_neighbors=self.n_neighbors - 1, algorithm="brute")
+        return sp.csr_array(exact.fit_transform(X))
+
+    monkeypatch.setattr(pynndescent.PyNNDescentTransformer, "fit_transform", exact_as_array)
+    rng = np.random.default_rng(0)
+    n = BRUTE_FORCE_LIMIT + 100
+    centres = rng.normal(scale=10.0, size=(2, 8))
+    group = np.arange(n) % 2
+    adata = ad.AnnData(obsm={"X_e": (centres[group] + rng.normal(size=(n, 8))).astype(np.float32)})
+    neighbors(adata, use_rep="X_e", n_neighbors=10)
+    graph = adata.obsp["distances"].tocsr()
+    assert graph.shape == (n, n)
+    assert (np.diff(graph.indptr) >= 9).all()  # every cell has its k - 1 neighbours (or k)
+    rows, cols = graph.nonzero()
+    assert (group[rows] == group[cols]).all()  # all from the cell's own well-separated group

@@ -123,12 +123,14 @@ def _two_dimensions(points: np.ndarray, basis: str, random_state: int) -> np.nda
 def _two_dimensions_unlimited(points: np.ndarray, basis: str, random_state: int) -> np.ndarray:
     import scanpy as sc
 
+    from scrobust_sc._neighbors import neighbors
+
     joint = ad.AnnData(np.asarray(points, dtype=np.float32))
     n = joint.n_obs
     if n < 4:
         raise ValueError(f"Need at least 4 points (cells and pathways) for a {basis} embedding, got {n}.")
     if basis == "umap":
-        sc.pp.neighbors(joint, use_rep="X", n_neighbors=min(15, n - 1), random_state=random_state)
+        neighbors(joint, use_rep="X", n_neighbors=min(15, n - 1), random_state=random_state)
         sc.tl.umap(joint, random_state=random_state)
         return joint.obsm["X_umap"]
     sc.tl.tsne(joint, use_rep="X", perplexity=min(30.0, (n - 1) / 3.0), random_state=random_state)
