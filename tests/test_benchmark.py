@@ -138,3 +138,19 @@ def test_atac_benchmark_runs_scrobust_and_the_peak_peers(one_thread):
     assert (f1 > majority).all()  # TF-IDF and LSI peers learn something on peaks
     errors = table[table["metric"] == "error"]
     assert set(errors["method"]) == {"celltypist"} and errors["note"].str.contains("RNA annotator").all()
+
+
+def test_celltypist_runs_quietly_and_leaves_logging_as_it_was(caplog):
+    # CellTypist logs every step at INFO level; a benchmark over folds drowned in it.
+    import logging
+
+    from scrobust_sc.benchmark._methods import celltypist_method
+
+    adata = scrobust.data.pbmc_demo()
+    train, test = adata[:400].copy(), adata[400:].copy()
+    celltypist_logger = logging.getLogger("celltypist")
+    level = celltypist_logger.level
+    with caplog.at_level(logging.INFO):
+        celltypist_method(train, test, "cell_type", quick=True)
+    assert not [r for r in caplog.records if r.name.startswith("celltypist") and r.levelno < logging.WARNING]
+    assert celltypist_logger.level == level

@@ -8,9 +8,10 @@ own packages (CellTypist, scvi-tools' scANVI, scikit-learn); nothing is re-imple
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import anndata as ad
@@ -156,6 +157,18 @@ def knn_method(
     return _from_proba(pd.DataFrame(clf.predict_proba(pca.transform(zte)), columns=clf.classes_))
 
 
+@contextlib.contextmanager
+def _quiet(name: str) -> Iterator[None]:
+    """Hide a library's INFO messages (warnings still show), then restore its level."""
+    library_logger = logging.getLogger(name)
+    level = library_logger.level
+    library_logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        library_logger.setLevel(level)
+
+
 def celltypist_method(
     train: ad.AnnData,
     test: ad.AnnData,
@@ -181,10 +194,11 @@ def celltypist_method(
     tr, te = _log_normalized(train, None), _log_normalized(test, None)
     tr.obs[labels_key] = train.obs[labels_key].astype(str).to_numpy()
     np.random.seed(seed)
-    model = celltypist.train(
-        tr, labels=labels_key, feature_selection=False, max_iter=20 if quick else 200, check_expression=False
-    )
-    result = celltypist.annotate(te, model=model, majority_voting=False)
+    with _quiet("celltypist"):  # it logs every step at INFO level
+        model = celltypist.train(
+            tr, labels=labels_key, feature_selection=False, max_iter=20 if quick else 200, check_expression=False
+        )
+        result = celltypist.annotate(te, model=model, majority_voting=False)
     return _from_proba(result.probability_matrix.loc[:, list(model.cell_types)])
 
 
