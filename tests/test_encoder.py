@@ -74,3 +74,32 @@ def test_bad_layer_is_refused():
     enc = GeneTransformer(20, 16, 2, 2)
     with pytest.raises(ValueError, match="layer must be"):
         enc(*_inputs(), layer=3)
+
+
+@pytest.mark.parametrize("n_layers", [1, 2])
+def test_inference_in_chunks_equals_the_whole_batch(n_layers, monkeypatch):
+    # without gradients a big batch runs in chunks of cells, so memory does not grow with it
+    torch.manual_seed(0)
+    enc = GeneTransformer(20, 16, 2, n_layers).eval()
+    idx, values, valid = _inputs(b=10)
+    valid[3, 4:] = False  # a shorter cell among them
+    with torch.no_grad():
+        whole, whole_attn = enc(idx, values, valid, return_attention=True)
+    calls = []
+    original = GeneTransformer._forward
+
+    def counting(self, *args):
+        calls.append(args[0].shape[0])
+        return original(self, *args)
+
+    monkeypatch.setattr(GeneTransformer, "_forward", counting)
+    monkeypatch.setattr(GeneTransformer, "inference_chunk_elements", 3 * 8 * 16)  # 3 cells of 7 tokens + CLS
+    with torch.no_grad():
+        chunked, chunked_attn = enc(idx, values, valid, return_attention=True)
+        assert torch.equal(enc(idx, values, valid), chunked)
+    assert calls[:4] == [3, 3, 3, 1]
+    torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(chunked_attn, whole_attn, rtol=1e-5, atol=1e-6)
+    calls.clear()
+    enc(idx, values, valid).sum().backward()  # training keeps the batch whole for autograd
+    assert calls == [10]

@@ -142,7 +142,14 @@ class GeneTransformer(nn.Module):
     >>> idx = torch.tensor([[0, 3, 5]]); vals = torch.ones(1, 3); keep = torch.ones(1, 3, dtype=torch.bool)
     >>> enc(idx, vals, keep).shape
     torch.Size([1, 16])
+
+    Without gradients (inference) a batch runs in chunks of cells whose token tensors hold
+    at most :attr:`inference_chunk_elements` numbers each (64 MB in float32), so peak memory
+    does not grow with the batch size; the outputs are those of the whole batch.
     """
+
+    #: Most numbers (cells x tokens x d_model) in one token tensor during inference.
+    inference_chunk_elements: int = 2**24
 
     def __init__(
         self,
@@ -191,6 +198,17 @@ class GeneTransformer(nn.Module):
         With ``return_attention``, also the CLS attention of that layer over the gene
         tokens ``(B, L)`` (padding gets 0).
         """
+        batch, length = gene_idx.shape
+        rows = max(1, self.inference_chunk_elements // max(1, (length + 1) * self.embedding.weight.shape[1]))
+        if not torch.is_grad_enabled() and batch > rows:
+            chunks = [slice(i, i + rows) for i in range(0, batch, rows)]
+            parts = [self._forward(gene_idx[c], values[c], valid[c], layer, return_attention) for c in chunks]
+            if return_attention:
+                return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+            return torch.cat(parts)
+        return self._forward(gene_idx, values, valid, layer, return_attention)
+
+    def _forward(self, gene_idx, values, valid, layer: int, return_attention: bool):
         last = self._resolve_layer(layer)
         x = self.embedding(gene_idx, values)
         keep = torch.cat([torch.ones_like(valid[:, :1]), valid], dim=1)
