@@ -154,3 +154,33 @@ def test_celltypist_runs_quietly_and_leaves_logging_as_it_was(caplog):
         celltypist_method(train, test, "cell_type", quick=True)
     assert not [r for r in caplog.records if r.name.startswith("celltypist") and r.levelno < logging.WARNING]
     assert celltypist_logger.level == level
+
+
+def test_peer_features_keeps_the_top_or_every_feature():
+    from pathlib import Path
+
+    import anndata as ad
+
+    peaks = ad.read_h5ad(Path(__file__).parent / "data" / "granja_atac_fixture.h5ad")
+    train, test = peaks[:200].copy(), peaks[200:].copy()
+    xtr, xte = benchmark.peer_features(train, test, "atac", n_features=100)
+    assert xtr.shape == (200, 100) and xte.shape == (test.n_obs, 100)
+    xtr, xte = benchmark.peer_features(train, test, "atac", n_features=0)
+    assert xtr.shape == (200, peaks.n_vars) and xte.shape == (test.n_obs, peaks.n_vars)
+    genes = scrobust.data.pbmc_demo()
+    xtr, _ = benchmark.peer_features(genes[:300].copy(), genes[300:].copy(), "rna", n_features=0)
+    assert xtr.shape == (300, genes.n_vars)
+    with pytest.raises(ValueError, match="n_features"):
+        benchmark.peer_features(train, test, "atac", n_features=-1)
+
+
+def test_run_benchmark_hands_peer_features_to_the_peers(monkeypatch):
+    seen = []
+
+    def spy(train, test, labels_key, *, n_features, **kwargs):
+        seen.append(n_features)
+        return benchmark.METHODS["logreg"](train, test, labels_key, n_features=n_features, **kwargs)
+
+    monkeypatch.setitem(benchmark.METHODS, "spy", spy)
+    benchmark.run_benchmark(scrobust.data.pbmc_demo(), methods=["spy"], quick=True, peer_features=0)
+    assert seen == [0, 0]

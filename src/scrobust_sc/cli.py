@@ -177,6 +177,7 @@ def _cmd_benchmark(args) -> None:
             split_key=args.split_key,
             dropout_rates=args.dropout_rates,
             scrobust_options=options,
+            peer_features=args.peer_features,
             quick=args.quick,
             dataset=Path(path).stem,
             modality=args.modality,
@@ -265,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dropout-rates", type=float, nargs="+", default=[0.3, 0.5])
     p.add_argument("--scrobust-options", default="{}", help="JSON: pretrain, model/pretrain/train_kwargs")
     p.add_argument("--modality", default="rna", choices=["rna", "atac"], help="genes or peaks")
+    p.add_argument("--peer-features", type=int, default=2000, help="HVGs or peaks read by logreg and knn (0: all)")
     p.add_argument("--quick", action="store_true", help="tiny configuration that checks the harness")
     p.add_argument("--tag", default="", help="suffix of the results file name")
     p.add_argument("--out", default="benchmark_results", help="folder for CSVs, summary.md and plots")

@@ -65,23 +65,30 @@ def peer_features(
 ):
     """Features of the linear and kNN peers, chosen on the training fold.
 
-    RNA: log-normalised expression of the 2,000 most variable genes. ATAC: TF-IDF
-    (``log1p``, idf of the training fold) of the 2,000 most often accessible peaks, as in
-    ``shared/data/BASELINES.md``.
+    RNA: log-normalised expression of the ``n_features`` (2,000) most variable genes. ATAC:
+    TF-IDF (``log1p``, idf of the training fold) of the ``n_features`` most often accessible
+    peaks, as in ``shared/data/BASELINES.md``. ``n_features=0`` keeps every gene or peak.
 
     Examples
     --------
     >>> xtr, xte = peer_features(train, test, modality="atac")  # doctest: +SKIP
     """
-    if modality == "rna":
-        return hvg_features(train, test, n_top_genes=n_features, layer=layer)
-    if modality != "atac":
+    if modality not in ("rna", "atac"):
         raise ValueError(f"modality must be 'rna' or 'atac', not {modality!r}.")
+    if n_features < 0:
+        raise ValueError(f"n_features must be a positive number of features, or 0 for all; got {n_features}.")
+    every = n_features == 0 or n_features >= train.n_vars
+    if modality == "rna":
+        if every:
+            tr, te = _log_normalized(train, layer), _log_normalized(test, layer)
+            return tr.X, te[:, te.var_names.get_indexer(tr.var_names)].X
+        return hvg_features(train, test, n_top_genes=n_features, layer=layer)
     from scrobust_sc.data import inverse_document_frequency, tfidf_matrix, top_peaks_mask
 
     xtr, xte = (train.X, test.X) if layer is None else (train.layers[layer], test.layers[layer])
-    keep = top_peaks_mask(xtr, n_top=n_features)
-    xtr, xte = xtr[:, keep], xte[:, keep]
+    if not every:
+        keep = top_peaks_mask(xtr, n_top=n_features)
+        xtr, xte = xtr[:, keep], xte[:, keep]
     idf = inverse_document_frequency(xtr)
     return tfidf_matrix(xtr, idf), tfidf_matrix(xte, idf)
 
@@ -100,9 +107,12 @@ def logreg_method(
     quick: bool = False,
     modality: str = "rna",
     layer: str | None = None,
+    n_features: int = 2000,
     **_,
 ):
     """Logistic regression on the training fold's 2,000 HVGs (log-normalised, scaled), or TF-IDF peaks.
+
+    ``n_features``: genes or peaks kept, see :func:`peer_features` (0: all).
 
     Examples
     --------
@@ -111,7 +121,7 @@ def logreg_method(
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
-    xtr, xte = peer_features(train, test, modality, layer=layer)
+    xtr, xte = peer_features(train, test, modality, n_features=n_features, layer=layer)
     scaler = StandardScaler(with_mean=False).fit(xtr)
     clf = LogisticRegression(max_iter=100 if quick else 1000, random_state=seed)
     clf.fit(scaler.transform(xtr), train.obs[labels_key].astype(str).to_numpy())
@@ -126,9 +136,12 @@ def knn_method(
     seed: int = 0,
     modality: str = "rna",
     layer: str | None = None,
+    n_features: int = 2000,
     **_,
 ):
     """Nearest neighbours (k=15) on 50 PCs of the training fold's scaled, clipped HVGs; on LSI for ATAC.
+
+    ``n_features``: genes or peaks kept, see :func:`peer_features` (0: all).
 
     ATAC: LSI, a truncated SVD of the TF-IDF peaks with the first component (depth) dropped.
 
@@ -140,7 +153,7 @@ def knn_method(
     from sklearn.neighbors import KNeighborsClassifier
     from sklearn.preprocessing import StandardScaler
 
-    xtr, xte = peer_features(train, test, modality, layer=layer)
+    xtr, xte = peer_features(train, test, modality, n_features=n_features, layer=layer)
     if modality == "atac":
         from sklearn.decomposition import TruncatedSVD
 

@@ -81,6 +81,7 @@ def run_benchmark(
     split_key: str | None = None,
     dropout_rates: Sequence[float] = (0.3, 0.5),
     scrobust_options: dict | None = None,
+    peer_features: int = 2000,
     quick: bool = False,
     dataset: str = "data",
     modality: str = "rna",
@@ -117,6 +118,10 @@ def run_benchmark(
     scrobust_options
         Options of :func:`~scrobust_sc.benchmark.scrobust_method` (``pretrain``,
         ``model_kwargs``, ``pretrain_kwargs``, ``train_kwargs``).
+    peer_features
+        Genes (most variable) or peaks (most often accessible) that logistic regression and
+        kNN read, chosen on each training fold; 0 for all (see
+        :func:`~scrobust_sc.benchmark.peer_features`). 2,000 as in ``BASELINES.md``.
     quick
         A tiny configuration (at most 300 cells, 2 splits, small models, few epochs) that
         checks the harness in a couple of minutes; its scores mean nothing.
@@ -177,7 +182,14 @@ def run_benchmark(
                     start = time.perf_counter()
                     try:
                         pred = METHODS[method](
-                            train, test, labels_key, seed=seed + repeat, quick=quick, options=options, modality=modality
+                            train,
+                            test,
+                            labels_key,
+                            seed=seed + repeat,
+                            quick=quick,
+                            options=options,
+                            modality=modality,
+                            n_features=peer_features,
                         )
                     except Exception as err:  # noqa: BLE001 - one failing peer must not stop the run
                         logger.warning("%s failed on %s: %s", name, split.name, err)
