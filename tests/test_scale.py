@@ -52,3 +52,26 @@ def test_backed_prediction_matches_in_memory(tmp_path, monkeypatch, seeded):
     assert got.index.equals(expected.index)
     # novelty of a training cell includes its distance to itself (~0), where sqrt magnifies rounding
     np.testing.assert_allclose(model.predict_novelty(backed), model.predict_novelty(cells), atol=2e-3)
+
+
+def test_bf16_mixed_precision_trains_and_infers_close_to_fp32(seeded, one_thread):
+    import torch
+
+    from scrobust_sc import SCRobust
+
+    from .conftest import QUIET, TINY
+
+    cells = demo_subset(120, 300)
+    cells.obs["cell_type"] = cells.obs["cell_type"].astype(str)
+    SCRobust.setup_anndata(cells, labels_key="cell_type")
+    model = SCRobust(cells, **TINY)
+    model.pretrain(max_steps=3, batch_size=32, precision="bf16-mixed", **QUIET)
+    model.train(max_epochs=1, batch_size=32, n_genes=64, precision="bf16-mixed", **QUIET)
+    assert all(p.dtype == torch.float32 for p in model.module.parameters())  # master weights stay fp32
+    assert np.isfinite(model.history["classification_loss_train"].to_numpy(dtype=float)).all()
+    fp32 = model.get_latent_representation()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16 = model.get_latent_representation()
+    assert bf16.dtype == np.float32
+    relative = np.linalg.norm(bf16 - fp32, axis=1) / np.linalg.norm(fp32, axis=1)
+    assert np.median(relative) < 0.02  # bf16 keeps ~3 significant digits
