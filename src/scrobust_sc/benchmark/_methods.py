@@ -133,8 +133,9 @@ def lsi_features(xtr, xte, n_components: int = 50, seed: int = 0) -> tuple[np.nd
 
     The first component follows each cell's number of open peaks (depth); scaling every
     cell's remaining components to unit length makes distances cosine distances, as LSI
-    workflows (Signac, ArchR) do. Standardising the components instead cost kNN about
-    0.14 accuracy on the Granja bone-marrow data.
+    workflows (Signac, ArchR) do. On the Granja bone-marrow data (one 80/20 split, k 10)
+    kNN accuracy was 0.662 with unit rows, 0.596 on the raw components and 0.450 with
+    standardised components.
 
     Examples
     --------
