@@ -201,3 +201,16 @@ def test_lsi_features_drop_depth_and_scale_cells_to_unit_length():
     np.testing.assert_allclose(doubled, zte, atol=1e-6)
     depth = np.diff(xtr.indptr)
     assert abs(np.corrcoef(ztr[:, 0], depth)[0, 1]) < 0.9  # the depth component is gone
+
+
+def test_knn_on_every_gene_respects_the_dense_memory_budget(monkeypatch):
+    # kNN on RNA densifies its features; with every gene that can be the whole matrix
+    from scrobust_sc import settings
+    from scrobust_sc.data import DenseBudgetError
+
+    genes = scrobust.data.pbmc_demo()
+    train, test = genes[:300].copy(), genes[300:].copy()
+    monkeypatch.setattr(settings, "max_dense_bytes", genes.n_obs * 2000 * 4)
+    benchmark.knn_method(train, test, "cell_type", n_features=2000)  # within the budget
+    with pytest.raises(DenseBudgetError, match="peer features"):
+        benchmark.knn_method(train, test, "cell_type", n_features=0)

@@ -184,6 +184,15 @@ def knn_method(
         ztr, zte = lsi_features(xtr, xte, seed=seed)
         clf = KNeighborsClassifier(min(15, ztr.shape[0])).fit(ztr, train.obs[labels_key].astype(str))
         return _from_proba(pd.DataFrame(clf.predict_proba(zte), columns=clf.classes_))
+    from scrobust_sc.data import check_dense_budget
+
+    check_dense_budget(
+        xtr.shape[0] + xte.shape[0],
+        xtr.shape[1],
+        np.float32,
+        what=f"kNN's dense features ({xtr.shape[1]} genes)",
+        fix="Pass fewer peer features (n_features= / --peer-features, e.g. 2000).",
+    )
     xtr = xtr.toarray() if hasattr(xtr, "toarray") else np.asarray(xtr)
     xte = xte.toarray() if hasattr(xte, "toarray") else np.asarray(xte)
     scaler = StandardScaler().fit(xtr)
