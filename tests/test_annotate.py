@@ -128,7 +128,7 @@ def test_ctrl_c_during_training_keeps_the_best_weights(small_pbmc, seeded, caplo
     SCRobust.setup_anndata(small_pbmc, labels_key="cell_type")
     model = SCRobust(small_pbmc, **TINY)
     with caplog.at_level("WARNING", logger="scrobust_sc"):
-        model.train(max_epochs=10, n_genes=64, callbacks=[CtrlC()], **QUIET)
+        model.train(max_epochs=10, n_genes=64, keep_best=True, callbacks=[CtrlC()], **QUIET)
     assert "interrupted" in caplog.text
     assert signal.getsignal(signal.SIGINT) is handler  # Ctrl+C works again afterwards
     assert model.train_params_["train"]["best_epoch"] <= 3
@@ -158,3 +158,27 @@ def test_model_level_helpers_agree_with_the_tools(small_pbmc, tmp_path, seeded):
     assert "contrastive_loss_train" in legends["pre-training loss"]
     assert "f1_macro_validation" in legends["fine-tuning accuracy and macro-F1"]
     assert "f1_macro_validation" not in legends["pre-training loss"]
+
+
+def test_keep_best_auto_keeps_the_last_epoch_when_a_type_cannot_be_validated(small_pbmc, seeded, caplog):
+    from scrobust_sc.model._model import _resolve_keep_best
+
+    types = ["a", "b", "rare"]
+    assert _resolve_keep_best("auto", np.array([0, 1, 2]), np.array([0, 1, 2]), types) is True
+    assert _resolve_keep_best("auto", np.array([0, 1, 2]), np.array([0, 1]), types) is False
+    assert _resolve_keep_best(True, np.array([0, 1, 2]), np.array([0, 1]), types) is True
+    assert _resolve_keep_best("auto", np.array([0, 1]), np.array([], dtype=int), types) is False
+    with pytest.raises(ValueError, match="keep_best must be"):
+        _resolve_keep_best("best", np.array([0]), np.array([0]), types)
+
+    adata = small_pbmc.copy()
+    labels = adata.obs["cell_type"].astype(str).to_numpy()
+    labels[:3] = "rare type"  # 3 cells: too few to hold one out for validation
+    adata.obs["cell_type"] = labels
+    SCRobust.setup_anndata(adata, labels_key="cell_type")
+    model = SCRobust(adata, **TINY)
+    with caplog.at_level("INFO", logger="scrobust_sc"):
+        model.train(max_epochs=3, n_genes=64, **QUIET)
+    assert "Keeping the last epoch" in caplog.text and "rare type" in caplog.text
+    assert "best_epoch" not in model.train_params_["train"]
+    assert len(model.history["f1_macro_validation"]) == 3

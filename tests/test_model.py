@@ -1,7 +1,9 @@
 import anndata as ad
 import numpy as np
+import pandas as pd
 import pytest
 import scvi
+import torch
 from sklearn.model_selection import cross_val_score
 from sklearn.neighbors import KNeighborsClassifier
 
@@ -178,3 +180,43 @@ def test_training_without_a_validation_split(stage, seeded):
     else:
         model.train(max_epochs=2, batch_size=16, n_genes=64, validation_size=0.0, **QUIET)
     assert model.get_latent_representation().shape == (120, 32)
+
+
+def test_linear_path_reads_values_standardised_by_the_training_cells(small_pbmc):
+    from scrobust_sc.data import inverse_std, log_normalized_moments
+    from scrobust_sc.module._module import LINEAR_VALUE_CLIP
+
+    adata = small_pbmc.copy()
+    SCRobust.setup_anndata(adata, labels_key="cell_type")
+    model = SCRobust(adata, **TINY, gene_linear_scaling="standardized")
+    _, var = log_normalized_moments(adata.X, input_is_log=False)
+    np.testing.assert_allclose(model.module.gene_scale.numpy(), inverse_std(var), rtol=1e-5)
+    idx = torch.tensor([[0, 1, 2]])
+    vals = torch.tensor([[1.0, 2.0, 1e6]])
+    out = model.module._linear_values(idx, vals)
+    expected = (vals * model.module.gene_scale[idx]).clamp(max=LINEAR_VALUE_CLIP)
+    torch.testing.assert_close(out, expected)
+    assert float(out[0, 2]) == LINEAR_VALUE_CLIP or float(model.module.gene_scale[2]) == 0.0
+    plain = SCRobust(adata, **TINY)  # default: log1p values
+    assert plain.module.gene_linear_scaling == "none"
+    assert not hasattr(plain.module, "gene_scale")
+    torch.testing.assert_close(plain.module._linear_values(idx, vals), vals)
+
+
+def test_unknown_linear_scaling_is_refused(small_pbmc):
+    adata = small_pbmc.copy()
+    SCRobust.setup_anndata(adata, labels_key="cell_type")
+    with pytest.raises(ValueError, match="gene_linear_scaling must be one of"):
+        SCRobust(adata, **TINY, gene_linear_scaling="zscore")
+
+
+def test_standardised_linear_path_survives_save_and_load(small_pbmc, tmp_path, seeded):
+    adata = small_pbmc.copy()
+    SCRobust.setup_anndata(adata, labels_key="cell_type")
+    model = SCRobust(adata, **TINY, gene_linear_scaling="standardized")
+    model.train(max_epochs=1, batch_size=64, **QUIET)
+    model.save(tmp_path / "m")
+    loaded = SCRobust.load(tmp_path / "m")
+    assert loaded.module.gene_linear_scaling == "standardized"
+    torch.testing.assert_close(loaded.module.gene_scale, model.module.gene_scale)
+    pd.testing.assert_frame_equal(loaded.predict_proba(adata), model.predict_proba(adata))

@@ -22,6 +22,7 @@ def test_a_model_saved_by_version_0_1_0_still_loads():
     expected = np.load(FIXTURE / "model_v0.1.0_expected_embedding.npy")
     np.testing.assert_allclose(model.get_latent_representation(cells), expected, rtol=1e-5, atol=1e-6)
     assert len(model.predict(cells)) == cells.n_obs
+    assert model.module.gene_linear_scaling == "none"  # its linear path was trained on log1p values
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from ._alignment import GeneAlignment, align_to_genes, looks_like_ensembl, match_genes, reindex_matrix
 from ._atac import (
     atac_dispersion,
+    atac_moments,
     binarize,
     check_atac_values,
     inverse_document_frequency,
@@ -14,7 +15,14 @@ from ._demo import pbmc_demo
 from ._gmt import read_gmt
 from ._memory import DenseBudgetError, check_dense_budget, dense_nbytes, matrix_in_memory
 from ._peaks import format_peak_names, parse_peak_names, peak_names
-from ._ranking import expressed_fraction, hvg_score, log_normalized_moments, unique_gene_score
+from ._ranking import (
+    dispersion,
+    expressed_fraction,
+    hvg_score,
+    inverse_std,
+    log_normalized_moments,
+    unique_gene_score,
+)
 from ._splits import class_weights, stratified_validation_split
 from ._validation import check_finite_nonnegative, check_gene_names, detect_input_kind
 
@@ -23,6 +31,7 @@ __all__ = [
     "GeneAlignment",
     "align_to_genes",
     "atac_dispersion",
+    "atac_moments",
     "binarize",
     "check_atac_values",
     "check_dense_budget",
@@ -31,10 +40,12 @@ __all__ = [
     "class_weights",
     "dense_nbytes",
     "detect_input_kind",
+    "dispersion",
     "expressed_fraction",
     "format_peak_names",
     "hvg_score",
     "inverse_document_frequency",
+    "inverse_std",
     "log_normalized_moments",
     "looks_like_ensembl",
     "match_genes",

@@ -7,7 +7,7 @@ from scipy import sparse
 
 from scrobust_sc._constants import TARGET_SUM
 
-from ._ranking import _row_chunks
+from ._ranking import _row_chunks, dispersion
 from ._validation import sampled_nonzero_values
 
 #: How peak accessibility becomes token values: 1 for an accessible peak, or its TF-IDF.
@@ -115,17 +115,18 @@ def tfidf_matrix(matrix, idf: np.ndarray | None = None, *, scale_factor: float =
     return binary
 
 
-def atac_dispersion(matrix, idf: np.ndarray | None) -> np.ndarray:
-    """Dispersion (variance / mean) per peak of the model's values: binary, or TF-IDF with ``idf``.
+def atac_moments(matrix, idf: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-peak mean and variance of the model's values: binary, or TF-IDF with ``idf``.
 
-    The ATAC counterpart of :func:`~scrobust_sc.data.hvg_score`, computed chunk by chunk.
-    Binary values are ``log1p(1)``, as the model sees them.
+    The ATAC counterpart of :func:`~scrobust_sc.data.log_normalized_moments`, computed
+    chunk by chunk. Binary values are ``log1p(1)``, as the model sees them.
 
     Examples
     --------
     >>> import numpy as np
-    >>> atac_dispersion(np.array([[1, 0], [1, 1]]), None).round(3).tolist()
-    [0.0, 0.347]
+    >>> mean, var = atac_moments(np.array([[1, 0], [1, 1]]), None)
+    >>> mean.round(3).tolist(), var.round(3).tolist()
+    ([0.693, 0.347], [0.0, 0.12])
     """
     n_peaks = matrix.shape[1]
     total, total_sq = np.zeros(n_peaks), np.zeros(n_peaks)
@@ -136,9 +137,21 @@ def atac_dispersion(matrix, idf: np.ndarray | None) -> np.ndarray:
         total_sq += np.asarray(values.multiply(values).sum(axis=0)).ravel()
     n = max(matrix.shape[0], 1)
     mean = total / n
-    var = np.maximum(total_sq / n - mean**2, 0.0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(mean > 0, var / mean, 0.0)
+    return mean, np.maximum(total_sq / n - mean**2, 0.0)
+
+
+def atac_dispersion(matrix, idf: np.ndarray | None) -> np.ndarray:
+    """Dispersion (variance / mean) per peak of the model's values: binary, or TF-IDF with ``idf``.
+
+    The ATAC counterpart of :func:`~scrobust_sc.data.hvg_score`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> atac_dispersion(np.array([[1, 0], [1, 1]]), None).round(3).tolist()
+    [0.0, 0.347]
+    """
+    return dispersion(*atac_moments(matrix, idf))
 
 
 def top_peaks_mask(matrix, *, n_top: int | None = None, min_cells: int = 1) -> np.ndarray:

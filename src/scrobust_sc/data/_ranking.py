@@ -9,6 +9,8 @@ from scrobust_sc._constants import TARGET_SUM
 
 #: Cells per chunk when a dense pass over rows is needed.
 CHUNK_CELLS = 4096
+#: Smallest standard deviation :func:`inverse_std` divides by.
+MIN_STD = 1e-2
 
 
 def _row_chunks(matrix, chunk: int = CHUNK_CELLS):
@@ -91,7 +93,33 @@ def hvg_score(matrix, *, input_is_log: bool) -> np.ndarray:
     >>> bool(s[0] > s[1])
     True
     """
-    mean, var = log_normalized_moments(matrix, input_is_log=input_is_log)
+    return dispersion(*log_normalized_moments(matrix, input_is_log=input_is_log))
+
+
+def dispersion(mean: np.ndarray, var: np.ndarray) -> np.ndarray:
+    """Variance over mean per gene; 0 where the mean is 0.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> dispersion(np.array([2.0, 0.0]), np.array([1.0, 0.0])).tolist()
+    [0.5, 0.0]
+    """
     with np.errstate(divide="ignore", invalid="ignore"):
-        dispersion = np.where(mean > 0, var / mean, 0.0)
-    return dispersion
+        return np.where(mean > 0, var / mean, 0.0)
+
+
+def inverse_std(var: np.ndarray, *, min_std: float = MIN_STD) -> np.ndarray:
+    """Per-gene ``1 / std`` that standardises the model's values; 0 for genes that never vary.
+
+    The standard deviation is floored at ``min_std`` so that a gene seen in a single cell
+    does not get an unbounded weight (the values are also clipped where they are used).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> inverse_std(np.array([4.0, 0.0, 1e-8])).tolist()
+    [0.5, 0.0, 100.0]
+    """
+    std = np.sqrt(np.asarray(var, dtype=np.float64))
+    return np.where(std > 0, 1.0 / np.maximum(std, min_std), 0.0)

@@ -24,6 +24,11 @@ from scrobust_sc.nn import (
     trim_padding,
 )
 
+#: Ways the linear gene path can read values (see :class:`SCRobustModule`).
+GENE_LINEAR_SCALINGS = ("standardized", "none")
+#: Standardised values above this are clipped in the linear path (as ``sc.pp.scale(max_value=10)``).
+LINEAR_VALUE_CLIP = 10.0
+
 
 class SCRobustModule(BaseModuleClass):
     """scRobust encoder with its pre-training and classification heads.
@@ -45,6 +50,10 @@ class SCRobustModule(BaseModuleClass):
     gene_linear_head
         Add to the classifier's logits a per-gene, per-class weight times the value of each
         of the cell's input gene tokens (a linear path beside the Transformer's CLS output).
+    gene_linear_scaling
+        ``"standardized"``: the linear path reads each value times the gene's ``gene_scale``
+        (``1 / std`` over the training cells, set by the model), clipped at
+        ``LINEAR_VALUE_CLIP``; ``"none"``: the ``log1p`` values.
     value_augmentation
         Scale of the random per-view factor ``exp(U(-a, a))`` applied to normalised values
         before ``log1p``; the per-gene noise is ``exp(N(0, (a / 1.75)^2))``. 0 turns it off.
@@ -72,6 +81,7 @@ class SCRobustModule(BaseModuleClass):
         input_is_log: bool = False,
         value_augmentation: float = 0.7,
         gene_linear_head: bool = True,
+        gene_linear_scaling: str = "none",
         modality: str = "rna",
         atac_values: str = "binary",
     ):
@@ -94,6 +104,11 @@ class SCRobustModule(BaseModuleClass):
         self.gene_linear = nn.Embedding(n_genes, n_labels) if n_labels > 0 and gene_linear_head else None
         if self.gene_linear is not None:
             nn.init.zeros_(self.gene_linear.weight)
+        if gene_linear_scaling not in GENE_LINEAR_SCALINGS:
+            raise ValueError(f"gene_linear_scaling must be one of {GENE_LINEAR_SCALINGS}, not {gene_linear_scaling!r}.")
+        self.gene_linear_scaling = gene_linear_scaling
+        if self.gene_linear is not None and gene_linear_scaling == "standardized":
+            self.register_buffer("gene_scale", torch.ones(n_genes))
         # gene orderings, computed from the training data and saved with the weights
         self.register_buffer("unique_score", torch.zeros(n_genes))
         self.register_buffer("hvg_score", torch.zeros(n_genes))
@@ -205,8 +220,14 @@ class SCRobustModule(BaseModuleClass):
         z = self.encoder(idx, vals, valid)
         logits = self.classifier(z)
         if self.gene_linear is not None:
-            logits = logits + torch.einsum("bl,blk->bk", vals, self.gene_linear(idx))
+            logits = logits + torch.einsum("bl,blk->bk", self._linear_values(idx, vals), self.gene_linear(idx))
         return (logits, z) if return_embedding else logits
+
+    def _linear_values(self, idx: torch.Tensor, vals: torch.Tensor) -> torch.Tensor:
+        """Values the linear gene path reads: standardised and clipped, or as they are."""
+        if self.gene_linear_scaling != "standardized":
+            return vals
+        return (vals * self.gene_scale[idx]).clamp(max=LINEAR_VALUE_CLIP)
 
     # ---- novelty: distance to the reference cells of the predicted type ----------
     def set_reference(self, z: torch.Tensor, labels: torch.Tensor, *, k: int = 5, quantile: float = 0.95) -> None:
