@@ -7,6 +7,7 @@ peak measured in the same run.
 
     .venv/bin/python benchmarks/throughput.py --data ../shared/data/zheng_sorted_pbmc_fasttopics.h5ad
     .venv/bin/python benchmarks/throughput.py --synthetic           # 5,000 x 20,000, 5% non-zeros
+    .venv/bin/python benchmarks/throughput.py --compile --configs default   # torch.compile the encoder
 
 Configurations: ``paper`` (d 512, 8 heads, 1 layer; views of 200 genes, batch 128;
 fine-tuning 800 genes, batch 64; embeddings of 1,000 genes) and ``default`` (the package
@@ -133,7 +134,9 @@ class _StepTimer:
         return self.cells / (self.end - self.start)
 
 
-def measure(phase: str, config: str, data: str, threads: int, steps: int, warmup: int, bf16: bool) -> dict:
+def measure(
+    phase: str, config: str, data: str, threads: int, steps: int, warmup: int, bf16: bool, compiled: bool = False
+) -> dict:
     """One measurement in this process; returns its figures."""
     import logging
 
@@ -152,6 +155,8 @@ def measure(phase: str, config: str, data: str, threads: int, steps: int, warmup
     scrobust.SCRobust.setup_anndata(adata, labels_key=labels_key)
     cfg = CONFIGS[config]
     model = scrobust.SCRobust(adata, **cfg["model"])
+    if compiled:
+        model.compile_encoder()
     module = model.module
     d, n_layers = model.init_params_["non_kwargs"]["d_model"], module.encoder.n_layers
     quiet = {"enable_progress_bar": False, "enable_model_summary": False, "logger": None}
@@ -160,6 +165,7 @@ def measure(phase: str, config: str, data: str, threads: int, steps: int, warmup
     torch.set_num_threads(threads)
     result = {"phase": phase, "config": config, "data": Path(data).stem, "n_cells": adata.n_obs}
     result |= {"n_genes": adata.n_vars, "nnz": int(adata.X.nnz), "d_model": d, "n_layers": n_layers, "bf16": bf16}
+    result["compiled"] = compiled
     if phase in ("pretrain", "finetune"):
         timer = _StepTimer(warmup)
         kwargs = {"max_steps": warmup + steps, "callbacks": [timer.callback], **quiet}
@@ -180,7 +186,8 @@ def measure(phase: str, config: str, data: str, threads: int, steps: int, warmup
     else:
         n = cfg["embed"].get("n_genes", 1000)
         batch = cfg["embed"].get("batch_size", 256)
-        model.get_latent_representation(indices=np.arange(min(256, adata.n_obs)), n_genes=n)  # warm-up
+        for _ in range(1 + warmup * compiled):  # warm-up (and compilation)
+            model.get_latent_representation(indices=np.arange(min(256, adata.n_obs)), n_genes=n)
         start = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             model.get_latent_representation(n_genes=n, batch_size=batch)
@@ -204,12 +211,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="timed optimiser steps")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the encoder (model.compile_encoder)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     parser.add_argument("--child", nargs=2, metavar=("PHASE", "CONFIG"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     data = "synthetic" if args.synthetic else args.data
     if args.child:
-        figures = measure(*args.child, data, args.threads, args.steps, args.warmup, args.bf16)
+        figures = measure(*args.child, data, args.threads, args.steps, args.warmup, args.bf16, args.compile)
         print("RESULT " + json.dumps(figures), flush=True)
         return
     import torch
@@ -222,6 +230,7 @@ def main() -> None:
             cmd += ["--steps", str(args.steps), "--warmup", str(args.warmup)]
             cmd += ["--synthetic"] if args.synthetic else ["--data", args.data]
             cmd += ["--bf16"] if args.bf16 else []
+            cmd += ["--compile"] if args.compile else []
             done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
             lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
             if not lines:
@@ -247,7 +256,8 @@ def main() -> None:
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    name = f"throughput_{'synthetic' if args.synthetic else Path(args.data).stem}{'_bf16' if args.bf16 else ''}.json"
+    suffix = ("_bf16" if args.bf16 else "") + ("_compiled" if args.compile else "")
+    name = f"throughput_{'synthetic' if args.synthetic else Path(args.data).stem}{suffix}.json"
     (out / name).write_text(json.dumps(result, indent=1))
     print(f"wrote {out / name}")
 

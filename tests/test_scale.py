@@ -75,3 +75,30 @@ def test_bf16_mixed_precision_trains_and_infers_close_to_fp32(seeded, one_thread
     assert bf16.dtype == np.float32
     relative = np.linalg.norm(bf16 - fp32, axis=1) / np.linalg.norm(fp32, axis=1)
     assert np.median(relative) < 0.02  # bf16 keeps ~3 significant digits
+
+
+def test_compiled_encoder_gives_the_same_outputs_and_saves_the_same_weights(tmp_path, seeded, one_thread):
+    import torch
+
+    from scrobust_sc import SCRobust
+
+    from .conftest import QUIET, TINY
+
+    cells = demo_subset(80, 200)
+    cells.obs["cell_type"] = cells.obs["cell_type"].astype(str)
+    SCRobust.setup_anndata(cells, labels_key="cell_type")
+    model = SCRobust(cells, **TINY)
+    before = model.get_latent_representation()
+    keys = set(model.module.state_dict())
+    torch._dynamo.reset()
+    model.compile_encoder(backend="eager")  # graph capture without a C++ toolchain
+    assert model.module.encoder._compiled_call_impl is not None
+    np.testing.assert_allclose(model.get_latent_representation(), before, rtol=1e-5, atol=1e-6)
+    model.train(max_epochs=1, batch_size=32, n_genes=64, **QUIET)
+    assert set(model.module.state_dict()) == keys
+    model.save(tmp_path / "m")
+    loaded = SCRobust.load(tmp_path / "m")
+    np.testing.assert_allclose(
+        loaded.get_latent_representation(cells), model.get_latent_representation(), rtol=1e-5, atol=1e-6
+    )
+    torch._dynamo.reset()

@@ -847,6 +847,26 @@ class SCRobust(BaseModelClass):
                 chunk = chunk[order].copy()
             yield from self._batches(chunk, None, batch_size)
 
+    def compile_encoder(self, **compile_kwargs) -> None:
+        """Compile the Transformer encoder with :func:`torch.compile`, in place.
+
+        Training and inference then run the compiled encoder. The first batches pay the
+        compilation (tens of seconds on a CPU); sequence lengths vary from batch to batch,
+        so ``dynamic=True`` is the default to avoid recompiling for each length. Parameter
+        names, saving and loading are unchanged. Worth it for long runs on a GPU; on a CPU,
+        measure first (``benchmarks/throughput.py --compile``, ``docs/design.md``).
+
+        Parameters
+        ----------
+        **compile_kwargs
+            Passed to :func:`torch.compile` (``mode=``, ``backend=``, ``dynamic=``...).
+
+        Examples
+        --------
+        >>> model.compile_encoder(mode="max-autotune")  # doctest: +SKIP
+        """
+        self.module.encoder.compile(**{"dynamic": True, **compile_kwargs})
+
     @torch.inference_mode()
     def get_latent_representation(
         self,
