@@ -214,3 +214,27 @@ def test_knn_on_every_gene_respects_the_dense_memory_budget(monkeypatch):
     benchmark.knn_method(train, test, "cell_type", n_features=2000)  # within the budget
     with pytest.raises(DenseBudgetError, match="peer features"):
         benchmark.knn_method(train, test, "cell_type", n_features=0)
+
+
+def test_celltypist_reads_log2_scaled_input_as_it_reads_the_counts(caplog):
+    """Files such as xin_pancreas ship log2(CPM + 1), which CellTypist refuses (max > 9.22)."""
+    pytest.importorskip("celltypist")
+    from scipy import sparse
+
+    from scrobust_sc.benchmark._methods import celltypist_method
+
+    from .conftest import demo_subset
+
+    cells = demo_subset(120, 300)
+    x = sparse.csr_matrix(cells.X, dtype=np.float64)
+    cpm = sparse.diags(1e6 / np.asarray(x.sum(1)).ravel()) @ x
+    log2 = cells.copy()
+    log2.X = cpm.log1p() / np.log(2)  # log2(CPM + 1)
+    assert log2.X.max() > 9.22
+    train, test = np.arange(0, 120, 2), np.arange(1, 120, 2)
+    from_counts = celltypist_method(cells[train].copy(), cells[test].copy(), "cell_type", quick=True)
+    with caplog.at_level("WARNING", logger="scrobust_sc"):
+        from_log2 = celltypist_method(log2[train].copy(), log2[test].copy(), "cell_type", quick=True)
+    assert "log2" in caplog.text
+    np.testing.assert_array_equal(from_log2.labels, from_counts.labels)
+    np.testing.assert_array_equal(from_log2.rejected, from_counts.rejected)

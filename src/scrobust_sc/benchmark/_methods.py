@@ -25,6 +25,8 @@ logger = logging.getLogger("scrobust_sc")
 #: Peers without a novelty score call a cell "Unknown" when no class reaches this
 #: probability (CellTypist's own ``p_thres`` in its "prob match" mode).
 PEER_REJECTION_PROBABILITY = 0.5
+#: Largest value of log1p(counts per 10,000) that CellTypist accepts.
+CELLTYPIST_MAX_VALUE = 9.22
 
 
 @dataclass
@@ -236,7 +238,7 @@ def celltypist_method(
     """
     _rna_only("CellTypist", modality)
     celltypist = _require("celltypist")
-    tr, te = _log_normalized(train, None), _log_normalized(test, None)
+    tr, te = _celltypist_scale(_log_normalized(train, None)), _celltypist_scale(_log_normalized(test, None))
     tr.obs[labels_key] = train.obs[labels_key].astype(str).to_numpy()
     np.random.seed(seed)
     with _quiet("celltypist"):  # it logs every step at INFO level
@@ -245,6 +247,31 @@ def celltypist_method(
         )
         result = celltypist.annotate(te, model=model, majority_voting=False)
     return _from_proba(result.probability_matrix.loc[:, list(model.cell_types)])
+
+
+def _celltypist_scale(adata: ad.AnnData) -> ad.AnnData:
+    """Log-normalised values above CellTypist's range read as ``log2(x + 1)``, redone as log1p CP10k.
+
+    Files such as xin_pancreas_scclassify ship ``log2(CPM + 1)``, which CellTypist refuses.
+    """
+    import scanpy as sc
+
+    vmax = float(adata.X.max())
+    if vmax <= CELLTYPIST_MAX_VALUE:
+        return adata
+    logger.warning(
+        "Values reach %.1f, above log1p of counts per 10,000: read as log2(x + 1) and redone as "
+        "log1p(CP10k) for CellTypist.",
+        vmax,
+    )
+    out = adata.copy()
+    if hasattr(out.X, "expm1"):
+        out.X = (out.X * np.log(2.0)).expm1()
+    else:
+        out.X = np.expm1(np.asarray(out.X) * np.log(2.0))
+    sc.pp.normalize_total(out, target_sum=1e4)
+    sc.pp.log1p(out)
+    return out
 
 
 def scanvi_method(
