@@ -222,7 +222,9 @@ def main() -> None:
         return
     import torch
 
-    peak = {"fp32": matmul_peak(args.threads), "bf16": matmul_peak(args.threads, "bfloat16")}
+    peak = {"fp32": matmul_peak(args.threads)}
+    if args.bf16:  # minutes on CPUs without native bf16, so only when asked
+        peak["bf16"] = matmul_peak(args.threads, "bfloat16")
     rows = []
     for config in args.configs:
         for phase in args.phases:
