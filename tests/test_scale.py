@@ -102,3 +102,18 @@ def test_compiled_encoder_gives_the_same_outputs_and_saves_the_same_weights(tmp_
         loaded.get_latent_representation(cells), model.get_latent_representation(), rtol=1e-5, atol=1e-6
     )
     torch._dynamo.reset()
+
+
+def test_a_view_of_a_backed_file_embeds_like_the_same_cells_in_memory(tmp_path, monkeypatch, seeded):
+    # anndata cannot index a view of a backed AnnData again; chunked reading must not try to
+    cells = demo_subset(120, 300)
+    model = tiny_model(cells)
+    cells.write_h5ad(tmp_path / "cells.h5ad")
+    backed = ad.read_h5ad(tmp_path / "cells.h5ad", backed="r")
+    monkeypatch.setattr(model_module, "BACKED_CHUNK_CELLS", 16)
+    rows = np.sort(np.random.default_rng(0).choice(cells.n_obs, 50, replace=False))
+    genes = cells.var_names[::-1][:250]  # a gene subset, in another order
+    pairs = [(backed[:70], cells[:70]), (backed[rows], cells[rows]), (backed[rows, genes], cells[rows, genes])]
+    for view, in_memory in pairs:
+        expected = model.get_latent_representation(in_memory.copy())
+        np.testing.assert_allclose(model.get_latent_representation(view), expected, rtol=1e-5, atol=1e-6)

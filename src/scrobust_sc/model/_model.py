@@ -81,6 +81,20 @@ def _resolve_keep_best(keep_best, train_codes: np.ndarray, val_codes: np.ndarray
     return False
 
 
+def _backed_view_in_file(view: ad.AnnData) -> tuple[ad.AnnData, np.ndarray, np.ndarray | None]:
+    """The backed file under a view, the view's rows in it, and its genes (``None``: all, in order)."""
+    whole = ad.read_h5ad(view.filename, backed="r")
+    if not whole.obs_names.is_unique or not whole.var_names.is_unique:
+        raise ValueError(
+            f"{view.filename} has repeated cell or gene names, so a subset of it cannot be read back from "
+            "the file. Load the subset into memory (`adata[...].to_memory()`) or make the names unique "
+            "(`adata.obs_names_make_unique()`) before writing the file."
+        )
+    rows = whole.obs_names.get_indexer(view.obs_names)
+    genes = None if view.var_names.equals(whole.var_names) else whole.var_names.get_indexer(view.var_names)
+    return whole, rows, genes
+
+
 def restrict_labels(proba: pd.DataFrame, allowed_labels: Sequence[str] | None) -> pd.DataFrame:
     """Keep the columns of ``allowed_labels`` and renormalise each row (``None``: unchanged).
 
@@ -828,6 +842,10 @@ class SCRobust(BaseModelClass):
         the order of ``indices``.
         """
         positions = np.arange(adata.n_obs) if indices is None else np.asarray(indices).ravel()
+        genes = None
+        if adata.is_view:  # anndata cannot index a view of a backed file again: read from the file
+            adata, rows_in_file, genes = _backed_view_in_file(adata)
+            positions = rows_in_file[positions]
         layer = self._setup_args.get("layer")
         matrix = adata.X if layer is None or layer not in adata.layers else adata.layers[layer]
         if matrix is not None and not hasattr(matrix, "to_memory"):  # a dense h5py dataset
@@ -843,6 +861,8 @@ class SCRobust(BaseModelClass):
             part = positions[start : start + BACKED_CHUNK_CELLS]
             rows, order = np.unique(part, return_inverse=True)  # h5py reads increasing rows
             chunk = adata[rows].to_memory()
+            if genes is not None:
+                chunk = chunk[:, genes].copy()
             if not np.array_equal(order, np.arange(rows.size)):
                 chunk = chunk[order].copy()
             yield from self._batches(chunk, None, batch_size)
