@@ -18,7 +18,8 @@ from scrobust_sc.train import CHECKPOINT_FILE, SafeCheckpointIO, read_checkpoint
 
 from .conftest import QUIET, TINY, demo_subset
 
-FINE_TUNE = {"max_epochs": 4, "n_genes": 32, "batch_size": 16, **QUIET}
+# keep_best=True: the checkpoints must carry the best epoch so far
+FINE_TUNE = {"max_epochs": 4, "n_genes": 32, "batch_size": 16, "keep_best": True, **QUIET}
 PRETRAIN = {"max_epochs": 3, "batch_size": 16, **QUIET}
 
 
@@ -125,7 +126,9 @@ if __name__ == "__main__":
     a = demo_subset(80, 200)
     SCRobust.setup_anndata(a, labels_key="cell_type")
     model = SCRobust(a, **TINY)
-    model.train(max_epochs=4, n_genes=32, batch_size=16, checkpoint_dir={ckpt!r}, callbacks=[Kill()], **QUIET)
+    model.train(
+        max_epochs=4, n_genes=32, batch_size=16, keep_best=True, checkpoint_dir={ckpt!r}, callbacks=[Kill()], **QUIET
+    )
 """
 
 
