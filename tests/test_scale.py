@@ -117,3 +117,16 @@ def test_a_view_of_a_backed_file_embeds_like_the_same_cells_in_memory(tmp_path, 
     for view, in_memory in pairs:
         expected = model.get_latent_representation(in_memory.copy())
         np.testing.assert_allclose(model.get_latent_representation(view), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_backed_chunks_are_not_kept_alive_after_use(tmp_path, monkeypatch):
+    # scvi-tools registers every AnnData it validates; chunks left registered grow memory with the cells
+    cells = demo_subset(120, 300)
+    model = tiny_model(cells)
+    cells.write_h5ad(tmp_path / "cells.h5ad")
+    backed = ad.read_h5ad(tmp_path / "cells.h5ad", backed="r")
+    monkeypatch.setattr(model_module, "BACKED_CHUNK_CELLS", 16)
+    before = sum(len(v) for v in model._per_instance_manager_store.values())
+    model.get_latent_representation(backed)
+    model.get_latent_representation(backed[:50])
+    assert sum(len(v) for v in model._per_instance_manager_store.values()) == before

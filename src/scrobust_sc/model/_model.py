@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 from scvi import REGISTRY_KEYS, settings
 from scvi.data import AnnDataManager
-from scvi.data._constants import _SETUP_ARGS_KEY
+from scvi.data._constants import _SCVI_UUID_KEY, _SETUP_ARGS_KEY
 from scvi.data.fields import CategoricalObsField, LabelsWithUnlabeledObsField, LayerField
 from scvi.dataloaders import DataSplitter
 from scvi.model.base import BaseModelClass
@@ -823,7 +823,8 @@ class SCRobust(BaseModelClass):
             fix="Pass a smaller batch_size=.",
         )
 
-    def _batches(self, adata: ad.AnnData | None, indices, batch_size: int):
+    def _batches(self, adata: ad.AnnData | None, indices, batch_size: int, *, transient: bool = False):
+        """Mini-batch tensors of ``adata``; ``transient``: forget its registration afterwards."""
         if adata is not None and adata.isbacked and adata is not self.adata:
             yield from self._backed_batches(adata, indices, batch_size)
             return
@@ -832,8 +833,24 @@ class SCRobust(BaseModelClass):
         self._check_batch_budget(min(batch_size, max(n_cells, 1)))
         loader = self._make_data_loader(adata=adata, indices=indices, batch_size=batch_size)
         self.module.eval()
-        for tensors in loader:
-            yield {k: v.to(self.device) for k, v in tensors.items()}
+        try:
+            for tensors in loader:
+                yield {k: v.to(self.device) for k, v in tensors.items()}
+        finally:
+            if transient:
+                self._forget_anndata(adata)
+
+    def _forget_anndata(self, adata: ad.AnnData) -> None:
+        """Drop scvi-tools' registration of ``adata`` (it keeps every validated AnnData alive).
+
+        Never the model's own AnnData, whose identifier a chunk read from its file may carry.
+        """
+        uuid = adata.uns.get(_SCVI_UUID_KEY)
+        own = self.adata_manager.adata_uuid if self.adata_manager is not None else None
+        if uuid is None or uuid == own:
+            return
+        self._per_instance_manager_store.get(self.id, {}).pop(uuid, None)
+        self._setup_adata_manager_store.pop(uuid, None)
 
     def _backed_batches(self, adata: ad.AnnData, indices, batch_size: int):
         """Mini-batches of a backed AnnData, read from disk :data:`BACKED_CHUNK_CELLS` cells at a time.
@@ -865,7 +882,7 @@ class SCRobust(BaseModelClass):
                 chunk = chunk[:, genes].copy()
             if not np.array_equal(order, np.arange(rows.size)):
                 chunk = chunk[order].copy()
-            yield from self._batches(chunk, None, batch_size)
+            yield from self._batches(chunk, None, batch_size, transient=True)
 
     def compile_encoder(self, **compile_kwargs) -> None:
         """Compile the Transformer encoder with :func:`torch.compile`, in place.
