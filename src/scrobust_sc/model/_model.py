@@ -158,8 +158,8 @@ class SCRobust(BaseModelClass):
         ``"standardized"`` divides each gene's value by its standard deviation over the
         training cells and clips at 10, as a logistic regression on scaled genes does. It
         finds types of a few cells better (baron_mouse1 macro-F1 0.74 -> 0.82) but
-        amplifies genes seen in one or two cells, which costs accuracy on small references
-        of close types (600 PBMCs: 0.80 -> 0.64); see ``docs/design.md``.
+        amplifies genes seen in one or two cells, which costs accuracy on PBMC references
+        (600 PBMCs: 0.80 -> 0.64; zheng_sorted fold 0: 0.81 -> 0.73); see ``docs/design.md``.
     value_augmentation
         Strength of the random value rescaling of each pre-training view (0: off). It stops
         the encoder matching views by sequencing depth instead of cell identity.
