@@ -7,7 +7,7 @@ from scipy import sparse
 
 from scrobust_sc._constants import TARGET_SUM
 
-from ._ranking import _row_chunks, dispersion
+from ._ranking import _row_chunks, column_moments, dispersion
 from ._validation import sampled_nonzero_values
 
 #: How peak accessibility becomes token values: 1 for an accessible peak, or its TF-IDF.
@@ -128,16 +128,11 @@ def atac_moments(matrix, idf: np.ndarray | None) -> tuple[np.ndarray, np.ndarray
     >>> mean.round(3).tolist(), var.round(3).tolist()
     ([0.693, 0.347], [0.0, 0.12])
     """
-    n_peaks = matrix.shape[1]
-    total, total_sq = np.zeros(n_peaks), np.zeros(n_peaks)
-    for block in _row_chunks(matrix):
-        values = tfidf_matrix(block, idf) if idf is not None else binarize(block) * np.float32(np.log1p(1.0))
-        values = sparse.csr_matrix(values, dtype=np.float64)
-        total += np.asarray(values.sum(axis=0)).ravel()
-        total_sq += np.asarray(values.multiply(values).sum(axis=0)).ravel()
-    n = max(matrix.shape[0], 1)
-    mean = total / n
-    return mean, np.maximum(total_sq / n - mean**2, 0.0)
+
+    def model_values(block):
+        return tfidf_matrix(block, idf) if idf is not None else binarize(block) * np.float32(np.log1p(1.0))
+
+    return column_moments(matrix, model_values)
 
 
 def atac_dispersion(matrix, idf: np.ndarray | None) -> np.ndarray:

@@ -64,18 +64,36 @@ def log_normalized_moments(matrix, *, input_is_log: bool) -> tuple[np.ndarray, n
     >>> np.allclose(mean, np.log1p(5000)), np.allclose(var, 0)
     (True, True)
     """
-    n_genes = matrix.shape[1]
-    total = np.zeros(n_genes)
-    total_sq = np.zeros(n_genes)
+
+    def log_normalized(block):
+        if input_is_log:
+            return block
+        library = np.asarray(block.sum(axis=1)).ravel()
+        library[library == 0] = 1.0
+        block = sparse.diags(TARGET_SUM / library) @ block
+        block.data = np.log1p(block.data)
+        return block
+
+    return column_moments(matrix, log_normalized)
+
+
+def column_moments(matrix, transform) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column mean and variance of ``transform(block)`` over row chunks, never densifying.
+
+    ``transform`` maps a float64 CSR chunk to a sparse matrix of the same shape.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> mean, var = column_moments(np.array([[1, 0], [3, 2]]), lambda block: block * 2)
+    >>> mean.tolist(), var.tolist()
+    ([4.0, 2.0], [4.0, 4.0])
+    """
+    total, total_sq = np.zeros(matrix.shape[1]), np.zeros(matrix.shape[1])
     for block in _row_chunks(matrix):
-        block = block.astype(np.float64)
-        if not input_is_log:
-            library = np.asarray(block.sum(axis=1)).ravel()
-            library[library == 0] = 1.0
-            block = sparse.diags(TARGET_SUM / library) @ block
-            block.data = np.log1p(block.data)
-        total += np.asarray(block.sum(axis=0)).ravel()
-        total_sq += np.asarray(block.multiply(block).sum(axis=0)).ravel()
+        values = sparse.csr_matrix(transform(block.astype(np.float64)), dtype=np.float64)
+        total += np.asarray(values.sum(axis=0)).ravel()
+        total_sq += np.asarray(values.multiply(values).sum(axis=0)).ravel()
     n = max(matrix.shape[0], 1)
     mean = total / n
     return mean, np.maximum(total_sq / n - mean**2, 0.0)
