@@ -1,7 +1,7 @@
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.metrics import f1_score
+from sklearn.metrics import f1_score, roc_auc_score
 from sklearn.model_selection import StratifiedKFold
 
 import scrobust_sc as scrobust
@@ -59,6 +59,25 @@ def test_novel_scores_count_rejected_known_cells_as_errors():
     assert s["known_f1_macro_no_rejection"] == 1.0
     assert s["known_f1_macro"] < 1.0
     assert s["known_rejected"] == 0.25
+    assert np.isnan(s["unknown_auroc"])  # no novelty score given
+
+
+def test_novel_scores_rank_held_out_cells_by_novelty():
+    y = np.array(["a", "a", "b", "b", "new", "new"])
+    pred = np.array(["a", "a", "b", "b", "a", "b"])
+    rejected = np.zeros(6, dtype=bool)
+    novelty = np.array([0.1, 0.5, 0.2, 0.9, 0.8, 0.95])
+    s = benchmark.novel_type_scores(y, pred, rejected, "new", novelty=novelty)
+    assert s["unknown_auroc"] == pytest.approx(roc_auc_score(y == "new", novelty))
+    assert s["unknown_auroc"] == pytest.approx(7 / 8)  # one known cell (0.9) outranks one novel (0.8)
+
+
+def test_peer_novelty_is_one_minus_the_top_probability():
+    proba = pd.DataFrame({"a": [0.9, 0.3], "b": [0.1, 0.7]})
+    pred = benchmark.Prediction.from_proba(proba)
+    assert pred.labels.tolist() == ["a", "b"]
+    assert pred.novelty.tolist() == pytest.approx([0.1, 0.3])
+    assert pred.rejected.tolist() == [False, False]
 
 
 def test_a_failing_method_is_recorded_and_the_others_still_run(monkeypatch):

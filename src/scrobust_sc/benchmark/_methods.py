@@ -31,7 +31,7 @@ CELLTYPIST_MAX_VALUE = 9.22
 
 @dataclass
 class Prediction:
-    """Predicted labels and the cells the method rejects as "Unknown".
+    """Predicted labels, the cells the method rejects as "Unknown", and how novel each cell looks.
 
     Attributes
     ----------
@@ -39,18 +39,29 @@ class Prediction:
         Most likely training label of each test cell.
     rejected
         ``True`` where the method would answer "Unknown".
+    novelty
+        Higher where a cell looks less like any training type (threshold-free, for AUROC):
+        scRobust's novelty score; ``1 - `` the top class probability for the peers.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> Prediction.from_proba(pd.DataFrame({"a": [0.9, 0.4], "b": [0.1, 0.6]})).labels.tolist()
+    ['a', 'b']
     """
 
     labels: np.ndarray
     rejected: np.ndarray
+    novelty: np.ndarray | None = None
 
-
-def _from_proba(proba: pd.DataFrame) -> Prediction:
-    values = proba.to_numpy()
-    return Prediction(
-        proba.columns.to_numpy()[values.argmax(axis=1)].astype(str),
-        values.max(axis=1) < PEER_REJECTION_PROBABILITY,
-    )
+    @classmethod
+    def from_proba(cls, proba: pd.DataFrame) -> Prediction:
+        """Top class of each row; rejected below :data:`PEER_REJECTION_PROBABILITY`; novelty ``1 - max``."""
+        values = proba.to_numpy()
+        top = values.max(axis=1)
+        return cls(
+            proba.columns.to_numpy()[values.argmax(axis=1)].astype(str), top < PEER_REJECTION_PROBABILITY, 1.0 - top
+        )
 
 
 def _require(module: str, extra: str = "benchmark"):
@@ -127,7 +138,7 @@ def logreg_method(
     scaler = StandardScaler(with_mean=False).fit(xtr)
     clf = LogisticRegression(max_iter=100 if quick else 1000, random_state=seed)
     clf.fit(scaler.transform(xtr), train.obs[labels_key].astype(str).to_numpy())
-    return _from_proba(pd.DataFrame(clf.predict_proba(scaler.transform(xte)), columns=clf.classes_))
+    return Prediction.from_proba(pd.DataFrame(clf.predict_proba(scaler.transform(xte)), columns=clf.classes_))
 
 
 def lsi_features(xtr, xte, n_components: int = 50, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -185,7 +196,7 @@ def knn_method(
     if modality == "atac":
         ztr, zte = lsi_features(xtr, xte, seed=seed)
         clf = KNeighborsClassifier(min(15, ztr.shape[0])).fit(ztr, train.obs[labels_key].astype(str))
-        return _from_proba(pd.DataFrame(clf.predict_proba(zte), columns=clf.classes_))
+        return Prediction.from_proba(pd.DataFrame(clf.predict_proba(zte), columns=clf.classes_))
     from scrobust_sc.data import check_dense_budget
 
     check_dense_budget(
@@ -201,7 +212,7 @@ def knn_method(
     ztr, zte = np.clip(scaler.transform(xtr), -10, 10), np.clip(scaler.transform(xte), -10, 10)
     pca = PCA(n_components=min(50, ztr.shape[1] - 1, ztr.shape[0] - 1), random_state=seed).fit(ztr)
     clf = KNeighborsClassifier(min(15, ztr.shape[0])).fit(pca.transform(ztr), train.obs[labels_key].astype(str))
-    return _from_proba(pd.DataFrame(clf.predict_proba(pca.transform(zte)), columns=clf.classes_))
+    return Prediction.from_proba(pd.DataFrame(clf.predict_proba(pca.transform(zte)), columns=clf.classes_))
 
 
 @contextlib.contextmanager
@@ -246,7 +257,7 @@ def celltypist_method(
             tr, labels=labels_key, feature_selection=False, max_iter=20 if quick else 200, check_expression=False
         )
         result = celltypist.annotate(te, model=model, majority_voting=False)
-    return _from_proba(result.probability_matrix.loc[:, list(model.cell_types)])
+    return Prediction.from_proba(result.probability_matrix.loc[:, list(model.cell_types)])
 
 
 def _celltypist_scale(adata: ad.AnnData) -> ad.AnnData:
@@ -314,7 +325,7 @@ def scanvi_method(
     model = scvi.model.SCANVI.from_scvi_model(vae, unlabeled_category="Unknown")
     model.train(max_epochs=1 if quick else 20, n_samples_per_label=100, **quiet)
     proba = model.predict(both[train.n_obs :], soft=True)
-    return _from_proba(proba.loc[:, [c for c in proba.columns if c != "Unknown"]])
+    return Prediction.from_proba(proba.loc[:, [c for c in proba.columns if c != "Unknown"]])
 
 
 def _counts_like(x) -> bool:
@@ -376,8 +387,8 @@ def scrobust_method(
         setup_kwargs=options.get("setup_kwargs"),
     )
     proba, novelty = model._classify_cells(test, None, 256)
-    labels = _from_proba(proba).labels
-    return Prediction(labels, novelty > DEFAULT_NOVELTY_THRESHOLD)
+    labels = Prediction.from_proba(proba).labels
+    return Prediction(labels, novelty > DEFAULT_NOVELTY_THRESHOLD, np.asarray(novelty, dtype=float))
 
 
 #: Method name -> function(train, test, labels_key, *, seed, quick, options) -> Prediction

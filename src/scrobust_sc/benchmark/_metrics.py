@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import accuracy_score, f1_score
+from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
 from scrobust_sc._constants import UNKNOWN_LABEL
 
@@ -29,13 +29,15 @@ def classification_scores(y_true, y_pred) -> dict[str, float]:
     return scores
 
 
-def novel_type_scores(y_true, y_pred, rejected, held_out: str) -> dict[str, float]:
+def novel_type_scores(y_true, y_pred, rejected, held_out: str, novelty=None) -> dict[str, float]:
     """How well a method says "Unknown" to a type it never saw, and what it costs the others.
 
     ``unknown_accuracy``: share of the held-out type's cells rejected. ``known_f1_macro``:
     macro-F1 on the other test cells, rejected cells counted as ``"Unknown"`` (wrong);
     ``known_f1_macro_no_rejection``: the same without rejection; ``known_rejected``: share
-    of known cells rejected.
+    of known cells rejected; ``unknown_auroc``: how well ``novelty`` (higher = less like any
+    training type) ranks the held-out type's cells above the known ones, whatever the
+    threshold (NaN without ``novelty``).
 
     Examples
     --------
@@ -53,8 +55,10 @@ def novel_type_scores(y_true, y_pred, rejected, held_out: str) -> dict[str, floa
     def macro(pred):
         return float(f1_score(y_true[known], pred[known], labels=labels, average="macro", zero_division=0))
 
+    both = novel.any() and known.any() and novelty is not None
     return {
         "unknown_accuracy": float(rejected[novel].mean()) if novel.any() else float("nan"),
+        "unknown_auroc": float(roc_auc_score(novel, np.asarray(novelty, dtype=float))) if both else float("nan"),
         "known_f1_macro": macro(called),
         "known_f1_macro_no_rejection": macro(y_pred),
         "known_rejected": float(rejected[known].mean()) if known.any() else float("nan"),

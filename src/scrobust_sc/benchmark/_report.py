@@ -9,7 +9,7 @@ import pandas as pd
 
 #: Metrics shown in the summary table, per protocol
 HEADLINE = {
-    "novel": ["unknown_accuracy", "known_f1_macro", "known_f1_macro_no_rejection", "known_rejected"],
+    "novel": ["unknown_accuracy", "unknown_auroc", "known_f1_macro", "known_f1_macro_no_rejection", "known_rejected"],
     "default": ["f1_macro", "accuracy", "f1_weighted"],
 }
 

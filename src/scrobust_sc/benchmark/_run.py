@@ -62,7 +62,7 @@ def _splits(protocol: str, adata: ad.AnnData, labels_key: str, n_folds: int, see
 
 def _score(protocol: str, y_true: np.ndarray, pred: Prediction, split: Split) -> dict[str, float]:
     if protocol == "novel":
-        return novel_type_scores(y_true, pred.labels, pred.rejected, split.held_out)
+        return novel_type_scores(y_true, pred.labels, pred.rejected, split.held_out, pred.novelty)
     scores = classification_scores(y_true, pred.labels)
     scores["rejected"] = float(np.mean(pred.rejected))
     return scores
