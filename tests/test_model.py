@@ -197,10 +197,62 @@ def test_linear_path_reads_values_standardised_by_the_training_cells(small_pbmc)
     expected = (vals * model.module.gene_scale[idx]).clamp(max=LINEAR_VALUE_CLIP)
     torch.testing.assert_close(out, expected)
     assert float(out[0, 2]) == LINEAR_VALUE_CLIP or float(model.module.gene_scale[2]) == 0.0
-    plain = SCRobust(adata, **TINY)  # default: log1p values
+    plain = SCRobust(adata, **TINY, gene_linear_hvgs=None)  # default scaling: log1p values
     assert plain.module.gene_linear_scaling == "none"
     assert not hasattr(plain.module, "gene_scale")
     torch.testing.assert_close(plain.module._linear_values(idx, vals), vals)
+
+
+def test_linear_path_reads_only_the_training_cells_highly_variable_genes(small_pbmc):
+    import scanpy as sc
+
+    adata = small_pbmc.copy()
+    SCRobust.setup_anndata(adata, labels_key="cell_type")
+    model = SCRobust(adata, **TINY, gene_linear_hvgs=300)
+    mask = model.module.gene_linear_mask.numpy().astype(bool)
+    expected = adata.copy()
+    sc.pp.normalize_total(expected, target_sum=1e4)
+    sc.pp.log1p(expected)
+    sc.pp.highly_variable_genes(expected, n_top_genes=300, flavor="seurat")
+    np.testing.assert_array_equal(mask, expected.var["highly_variable"].to_numpy())
+    on, off = np.flatnonzero(mask)[0], np.flatnonzero(~mask)[0]
+    out = model.module._linear_values(torch.tensor([[on, off]]), torch.tensor([[2.0, 3.0]]))
+    torch.testing.assert_close(out, torch.tensor([[2.0, 0.0]]))
+    with pytest.raises(ValueError, match="gene_linear_hvgs must be a positive number"):
+        SCRobust(adata, **TINY, gene_linear_hvgs=0)
+
+
+def test_auto_linear_genes_follow_the_logistic_regression_comparison(small_pbmc, monkeypatch):
+    from scrobust_sc.model import _linear_genes
+
+    adata = small_pbmc.copy()
+    SCRobust.setup_anndata(adata, labels_key="cell_type")
+    model = SCRobust(adata, **TINY)  # default "auto"
+    choice = model.gene_linear_choice_
+    assert {"all_genes", "hvgs", "n_validation"} <= set(choice)
+    chose_hvgs = choice["hvgs"] > choice["all_genes"] + _linear_genes.CHOICE_MARGIN
+    assert (model.module.gene_linear_hvgs == _linear_genes.AUTO_LINEAR_HVGS) == chose_hvgs
+    assert hasattr(model.module, "gene_linear_mask") == chose_hvgs
+    for forced in (True, False):  # the model follows whichever way the comparison goes
+        monkeypatch.setattr("scrobust_sc.model._model.choose_linear_genes", lambda *a, f=forced, **k: (f, {}))
+        forced_model = SCRobust(adata, **TINY)
+        assert hasattr(forced_model.module, "gene_linear_mask") == forced
+        assert forced_model.init_params_["non_kwargs"]["gene_linear_hvgs"] == (2000 if forced else None)
+    unlabelled = small_pbmc.copy()
+    SCRobust.setup_anndata(unlabelled)
+    assert SCRobust(unlabelled, **TINY).module.gene_linear_hvgs is None  # nothing to choose with
+
+
+def test_hvg_linear_path_survives_save_and_load(small_pbmc, tmp_path, seeded):
+    adata = small_pbmc.copy()
+    SCRobust.setup_anndata(adata, labels_key="cell_type")
+    model = SCRobust(adata, **TINY, gene_linear_hvgs=300)
+    model.train(max_epochs=1, batch_size=64, **QUIET)
+    model.save(tmp_path / "m")
+    loaded = SCRobust.load(tmp_path / "m")
+    assert loaded.module.gene_linear_hvgs == 300
+    torch.testing.assert_close(loaded.module.gene_linear_mask, model.module.gene_linear_mask)
+    pd.testing.assert_frame_equal(loaded.predict_proba(adata), model.predict_proba(adata))
 
 
 def test_unknown_linear_scaling_is_refused(small_pbmc):

@@ -21,6 +21,9 @@ from ._ranking import (
     hvg_score,
     inverse_std,
     log_normalized_moments,
+    normalized_moments,
+    seurat_dispersion,
+    top_genes_mask,
     unique_gene_score,
 )
 from ._splits import class_weights, stratified_validation_split
@@ -50,14 +53,17 @@ __all__ = [
     "looks_like_ensembl",
     "match_genes",
     "matrix_in_memory",
+    "normalized_moments",
     "parse_peak_names",
     "pbmc_demo",
     "peak_cell_counts",
     "peak_names",
     "read_gmt",
     "reindex_matrix",
+    "seurat_dispersion",
     "stratified_validation_split",
     "tfidf_matrix",
+    "top_genes_mask",
     "top_peaks_mask",
     "unique_gene_score",
 ]

@@ -141,3 +141,75 @@ def inverse_std(var: np.ndarray, *, min_std: float = MIN_STD) -> np.ndarray:
     """
     std = np.sqrt(np.asarray(var, dtype=np.float64))
     return np.where(std > 0, 1.0 / np.maximum(std, min_std), 0.0)
+
+
+def normalized_moments(matrix, *, input_is_log: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Per-gene mean and sample variance (``ddof=1``) of counts per 10,000, never densifying.
+
+    Log-normalised input is read back with ``expm1``, as Seurat's dispersion does.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> mean, var = normalized_moments(np.array([[1, 1], [3, 1]]), input_is_log=False)
+    >>> mean.round(1).tolist(), var.round(1).tolist()
+    ([6250.0, 3750.0], [3125000.0, 3125000.0])
+    """
+
+    def normalized(block):
+        if input_is_log:
+            block = sparse.csr_matrix(block)
+            block.data = np.expm1(block.data)
+            return block
+        library = np.asarray(block.sum(axis=1)).ravel()
+        library[library == 0] = 1.0
+        return sparse.diags(TARGET_SUM / library) @ block
+
+    mean, var = column_moments(matrix, normalized)
+    n = matrix.shape[0]
+    return mean, var * n / max(n - 1, 1)
+
+
+def seurat_dispersion(mean: np.ndarray, var: np.ndarray, *, n_bins: int = 20) -> np.ndarray:
+    """Seurat's normalised dispersion: log(var / mean) z-scored within 20 bins of log1p(mean).
+
+    The score of ``scanpy.pp.highly_variable_genes(flavor="seurat")``, from the moments of
+    :func:`normalized_moments`; NaN for genes that never vary, 1 for a gene alone in its bin.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> mean, var = np.array([1.0, 1.0, 1.0, 0.0]), np.array([1.0, 2.0, 4.0, 0.0])
+    >>> seurat_dispersion(mean, var, n_bins=1).round(2).tolist()
+    [-1.0, 0.0, 1.0, nan]
+    """
+    import pandas as pd
+
+    mean = np.where(mean == 0, 1e-12, mean)
+    with np.errstate(divide="ignore"):
+        log_dispersion = np.log(np.where(var == 0, np.nan, var / mean))
+    frame = pd.DataFrame({"dispersion": log_dispersion, "bin": pd.cut(np.log1p(mean), bins=n_bins)})
+    grouped = frame.groupby("bin", observed=False)["dispersion"]
+    bin_mean = grouped.transform("mean").to_numpy()
+    bin_std = grouped.transform(lambda x: x.std(ddof=1)).to_numpy()
+    alone = np.isnan(bin_std)
+    bin_mean, bin_std = np.where(alone, log_dispersion, bin_mean), np.where(alone, 1.0, bin_std)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        score = (log_dispersion - bin_mean) / bin_std
+    return np.where(alone & ~np.isnan(log_dispersion), 1.0, score)
+
+
+def top_genes_mask(score: np.ndarray, n_top: int) -> np.ndarray:
+    """Boolean mask of the ``n_top`` highest scores (NaN never chosen).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> top_genes_mask(np.array([0.5, np.nan, 2.0, 1.0]), 2).tolist()
+    [False, False, True, True]
+    """
+    score = np.where(np.isnan(score), -np.inf, score)
+    n_top = min(int(n_top), int(np.isfinite(score).sum()))
+    mask = np.zeros(score.size, dtype=bool)
+    mask[np.argsort(-score, kind="stable")[:n_top]] = True
+    return mask

@@ -54,6 +54,9 @@ class SCRobustModule(BaseModuleClass):
         ``"standardized"``: the linear path reads each value times the gene's ``gene_scale``
         (``1 / std`` over the training cells, set by the model), clipped at
         ``LINEAR_VALUE_CLIP``; ``"none"``: the ``log1p`` values.
+    gene_linear_hvgs
+        Restrict the linear path to this many genes (the model marks them in the
+        ``gene_linear_mask`` buffer: its highly variable genes); ``None``: every gene.
     value_augmentation
         Scale of the random per-view factor ``exp(U(-a, a))`` applied to normalised values
         before ``log1p``; the per-gene noise is ``exp(N(0, (a / 1.75)^2))``. 0 turns it off.
@@ -82,6 +85,7 @@ class SCRobustModule(BaseModuleClass):
         value_augmentation: float = 0.7,
         gene_linear_head: bool = True,
         gene_linear_scaling: str = "none",
+        gene_linear_hvgs: int | None = None,
         modality: str = "rna",
         atac_values: str = "binary",
     ):
@@ -109,6 +113,11 @@ class SCRobustModule(BaseModuleClass):
         self.gene_linear_scaling = gene_linear_scaling
         if self.gene_linear is not None and gene_linear_scaling == "standardized":
             self.register_buffer("gene_scale", torch.ones(n_genes))
+        if gene_linear_hvgs is not None and int(gene_linear_hvgs) < 1:
+            raise ValueError(f"gene_linear_hvgs must be a positive number of genes or None, not {gene_linear_hvgs!r}.")
+        self.gene_linear_hvgs = None if gene_linear_hvgs is None else int(gene_linear_hvgs)
+        if self.gene_linear is not None and self.gene_linear_hvgs is not None:  # only then: older models load
+            self.register_buffer("gene_linear_mask", torch.ones(n_genes))
         # gene orderings, computed from the training data and saved with the weights
         self.register_buffer("unique_score", torch.zeros(n_genes))
         self.register_buffer("hvg_score", torch.zeros(n_genes))
@@ -224,10 +233,12 @@ class SCRobustModule(BaseModuleClass):
         return (logits, z) if return_embedding else logits
 
     def _linear_values(self, idx: torch.Tensor, vals: torch.Tensor) -> torch.Tensor:
-        """Values the linear gene path reads: standardised and clipped, or as they are."""
-        if self.gene_linear_scaling != "standardized":
-            return vals
-        return (vals * self.gene_scale[idx]).clamp(max=LINEAR_VALUE_CLIP)
+        """Values the linear gene path reads: standardised and clipped, or as they are; 0 off its genes."""
+        if self.gene_linear_scaling == "standardized":
+            vals = (vals * self.gene_scale[idx]).clamp(max=LINEAR_VALUE_CLIP)
+        if hasattr(self, "gene_linear_mask"):
+            vals = vals * self.gene_linear_mask[idx]
+        return vals
 
     # ---- novelty: distance to the reference cells of the predicted type ----------
     def set_reference(self, z: torch.Tensor, labels: torch.Tensor, *, k: int = 5, quantile: float = 0.95) -> None:

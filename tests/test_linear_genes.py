@@ -1,0 +1,30 @@
+import numpy as np
+
+from scrobust_sc.model._linear_genes import choose_linear_genes, log_normalized_matrix
+
+
+def _two_types(informative_gene: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(["a", "b"], 60)
+    x = rng.poisson(1.0, (120, 200)).astype(float)
+    x[labels == "a", informative_gene] += 4.0
+    return log_normalized_matrix(x, input_is_log=False), labels
+
+
+def test_hvgs_are_chosen_when_only_they_hold_the_signal():
+    x, labels = _two_types(informative_gene=0)
+    subset = np.arange(200) < 5  # holds gene 0; the other 195 genes are noise
+    use, scores = choose_linear_genes(x, labels, subset)
+    assert use and scores["hvgs"] > scores["all_genes"]
+
+
+def test_every_gene_is_kept_when_the_subset_misses_the_signal():
+    x, labels = _two_types(informative_gene=150)
+    use, scores = choose_linear_genes(x, labels, np.arange(200) < 5)
+    assert not use and scores["all_genes"] > scores["hvgs"]
+
+
+def test_too_few_cells_keep_every_gene_without_fitting():
+    x, labels = _two_types(informative_gene=0)
+    use, scores = choose_linear_genes(x[54:66], labels[54:66], np.arange(200) < 5)
+    assert not use and "hvgs" not in scores
