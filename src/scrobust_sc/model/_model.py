@@ -1013,11 +1013,19 @@ class SCRobust(BaseModelClass):
         if gene_selection not in GENE_SELECTIONS:
             raise ValueError(f"gene_selection must be one of {GENE_SELECTIONS}, not {gene_selection!r}.")
         self.module.encoder._resolve_layer(layer)
-        out = [
-            self.module.inference(t, gene_selection=gene_selection, n_genes=n_genes, layer=layer)["z"].float().cpu()
-            for t in self._batches(adata, indices, batch_size)
-        ]
-        return torch.cat(out).numpy()
+        source = self.adata if adata is None else adata
+        n_cells = source.n_obs if indices is None else len(indices)
+        out: np.ndarray | None = None  # filled batch by batch: no per-batch tensors kept, no copy at the end
+        start = 0
+        for t in self._batches(adata, indices, batch_size):
+            z = self.module.inference(t, gene_selection=gene_selection, n_genes=n_genes, layer=layer)["z"]
+            if out is None:
+                out = np.empty((n_cells, z.shape[1]), dtype=np.float32)
+            out[start : start + z.shape[0]] = z.float().cpu().numpy()
+            start += z.shape[0]
+        if out is None:
+            return np.zeros((0, self.module.encoder.embedding.weight.shape[1]), dtype=np.float32)
+        return out
 
     @torch.inference_mode()
     def _classify_cells(self, adata, indices, batch_size: int) -> tuple[pd.DataFrame, np.ndarray]:
