@@ -272,3 +272,16 @@ def test_standardised_linear_path_survives_save_and_load(small_pbmc, tmp_path, s
     assert loaded.module.gene_linear_scaling == "standardized"
     torch.testing.assert_close(loaded.module.gene_scale, model.module.gene_scale)
     pd.testing.assert_frame_equal(loaded.predict_proba(adata), model.predict_proba(adata))
+
+
+def test_rare_types_kept_out_of_validation_are_named_in_the_log(small_pbmc, caplog, seeded):
+    adata = small_pbmc.copy()
+    labels = adata.obs["cell_type"].astype(str).to_numpy().copy()
+    labels[:2] = "Tiny type"
+    adata.obs["cell_type"] = labels
+    SCRobust.setup_anndata(adata, labels_key="cell_type")
+    model = SCRobust(adata, **TINY, gene_linear_hvgs=None)
+    with caplog.at_level("INFO", logger="scrobust_sc"):
+        model.train(max_epochs=1, batch_size=64, **QUIET)
+    line = next(r.getMessage() for r in caplog.records if "stay in training only" in r.getMessage())
+    assert "Tiny type" in line and "np.int" not in line

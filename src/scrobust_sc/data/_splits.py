@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import numpy as np
 
 logger = logging.getLogger("scrobust_sc")
 
 
-def stratified_validation_split(labels: np.ndarray, fraction: float = 0.1, *, seed: int = 0, min_cells: int = 5):
+def stratified_validation_split(
+    labels: np.ndarray,
+    fraction: float = 0.1,
+    *,
+    seed: int = 0,
+    min_cells: int = 5,
+    class_names: Sequence[str] | None = None,
+):
     """Split cell positions into training and validation, class by class.
 
     Every class with at least ``min_cells`` cells puts ``max(1, round(fraction * n))`` of
@@ -26,6 +34,8 @@ def stratified_validation_split(labels: np.ndarray, fraction: float = 0.1, *, se
         Random seed.
     min_cells
         Smallest class that gives a cell to validation.
+    class_names
+        Names of integer classes, for the log of the classes kept in training.
 
     Returns
     -------
@@ -52,6 +62,7 @@ def stratified_validation_split(labels: np.ndarray, fraction: float = 0.1, *, se
         val.append(members[:n_val])
         train.append(members[n_val:])
     if small:
+        small = [str(class_names[int(c)]) if class_names is not None else str(c) for c in small]
         logger.info("%d cell type(s) with fewer than %d cells stay in training only: %s", len(small), min_cells, small)
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
 

@@ -800,7 +800,9 @@ class SCRobust(BaseModelClass):
             raise ValueError(
                 f"Fine-tuning needs at least 2 cell types; the labels hold only {self.cell_types_[present[0]]!r}."
             )
-        train_pos, val_pos = stratified_validation_split(codes[labelled], validation_size, seed=settings.seed or 0)
+        train_pos, val_pos = stratified_validation_split(
+            codes[labelled], validation_size, seed=settings.seed or 0, class_names=self.cell_types_
+        )
         train_idx, val_idx = labelled[train_pos], labelled[val_pos]
         keep_best = _resolve_keep_best(keep_best, codes[train_idx], codes[val_idx], self.cell_types_)
         batch_size = self._batch_size_for(train_idx.size, batch_size, minimum=1)
