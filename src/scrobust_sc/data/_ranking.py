@@ -64,17 +64,37 @@ def log_normalized_moments(matrix, *, input_is_log: bool) -> tuple[np.ndarray, n
     >>> np.allclose(mean, np.log1p(5000)), np.allclose(var, 0)
     (True, True)
     """
+    return column_moments(matrix, lambda block: log_normalized_block(block, input_is_log=input_is_log))
 
-    def log_normalized(block):
-        if input_is_log:
-            return block
-        library = np.asarray(block.sum(axis=1)).ravel()
-        library[library == 0] = 1.0
-        block = sparse.diags(TARGET_SUM / library) @ block
-        block.data = np.log1p(block.data)
-        return block
 
-    return column_moments(matrix, log_normalized)
+def per_10k(block) -> sparse.csr_matrix:
+    """Rows of a count block scaled to sum to 10,000 (empty rows stay 0).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> per_10k(np.array([[1.0, 3.0], [0.0, 0.0]])).toarray().tolist()
+    [[2500.0, 7500.0], [0.0, 0.0]]
+    """
+    library = np.asarray(block.sum(axis=1)).ravel()
+    library[library == 0] = 1.0
+    return sparse.csr_matrix(sparse.diags(TARGET_SUM / library) @ block)
+
+
+def log_normalized_block(block, *, input_is_log: bool) -> sparse.csr_matrix:
+    """``log1p`` of counts per 10,000 of a float64 block; log-normalised input as it is.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> log_normalized_block(np.array([[1.0, 1.0]]), input_is_log=False).toarray().round(3).tolist()
+    [[8.517, 8.517]]
+    """
+    if input_is_log:
+        return sparse.csr_matrix(block)
+    block = per_10k(block)
+    block.data = np.log1p(block.data)
+    return block
 
 
 def column_moments(matrix, transform) -> tuple[np.ndarray, np.ndarray]:
@@ -157,13 +177,11 @@ def normalized_moments(matrix, *, input_is_log: bool) -> tuple[np.ndarray, np.nd
     """
 
     def normalized(block):
-        if input_is_log:
-            block = sparse.csr_matrix(block)
-            block.data = np.expm1(block.data)
-            return block
-        library = np.asarray(block.sum(axis=1)).ravel()
-        library[library == 0] = 1.0
-        return sparse.diags(TARGET_SUM / library) @ block
+        if not input_is_log:
+            return per_10k(block)
+        block = sparse.csr_matrix(block)
+        block.data = np.expm1(block.data)
+        return block
 
     mean, var = column_moments(matrix, normalized)
     n = matrix.shape[0]

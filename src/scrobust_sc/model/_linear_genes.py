@@ -18,7 +18,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
 
-from scrobust_sc._constants import TARGET_SUM
+from scrobust_sc.data._ranking import log_normalized_block
 from scrobust_sc.data._splits import stratified_validation_split
 
 logger = logging.getLogger("scrobust_sc")
@@ -43,14 +43,7 @@ def log_normalized_matrix(matrix, *, input_is_log: bool) -> sparse.csr_matrix:
     >>> log_normalized_matrix(np.array([[1, 3]]), input_is_log=False).toarray().round(3).tolist()
     [[7.824, 8.923]]
     """
-    x = sparse.csr_matrix(matrix, dtype=np.float64)
-    if input_is_log:
-        return x
-    library = np.asarray(x.sum(axis=1)).ravel()
-    library[library == 0] = 1.0
-    x = sparse.csr_matrix(sparse.diags(TARGET_SUM / library) @ x)
-    x.data = np.log1p(x.data)
-    return x
+    return log_normalized_block(sparse.csr_matrix(matrix, dtype=np.float64), input_is_log=input_is_log)
 
 
 def choose_linear_genes(x, labels: np.ndarray, hvg_mask: np.ndarray, *, seed: int = 0) -> tuple[bool, dict]:
