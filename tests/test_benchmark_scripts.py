@@ -1,0 +1,22 @@
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+SCRIPTS = Path(__file__).parent.parent / "benchmarks"
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_throughput_compares_each_dataset_with_its_own_reference_figures():
+    throughput = _script("throughput")
+    real, synthetic = throughput.reference_cells_per_s(False), throughput.reference_cells_per_s(True)
+    assert real == {"pretrain": 4.3, "finetune": 2.3, "embed": 4.6}  # issue 6: 700 real cells
+    assert synthetic == {"pretrain": 5.0, "finetune": 1.5}  # issue 6: 5,000 x 20,000 synthetic
+    assert throughput.speedup(12.0, "finetune", synthetic) == pytest.approx(8.0)
+    assert throughput.speedup(12.0, "embed", synthetic) is None  # no reference figure: no ratio
