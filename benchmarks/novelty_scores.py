@@ -1,0 +1,65 @@
+"""How well scRobust's two "is this cell new?" signals rank held-out types: AUROC per type.
+
+For each cell type in turn (the harness's ``novel`` splits), fine-tunes scRobust without
+it and scores the test cells with (a) the novelty score ``tl.annotate`` thresholds
+(distance to the predicted type's training cells in the fine-tuned embedding) and
+(b) one minus the top class probability. Writes one JSON under benchmarks/results/.
+
+    .venv/bin/python benchmarks/novelty_scores.py --data ../shared/data/xin_pancreas_scclassify.h5ad
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import anndata as ad
+import scvi
+import torch
+from sklearn.metrics import roc_auc_score
+
+import scrobust_sc as scrobust
+from scrobust_sc.benchmark import novel_splits
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--labels-key", default="cell_type")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    args = parser.parse_args()
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    torch.set_num_threads(args.threads)
+    adata = ad.read_h5ad(args.data)
+    labels = adata.obs[args.labels_key].astype(str).to_numpy()
+    rows = []
+    for split in novel_splits(labels, n_folds=5, seed=0):
+        train, test = adata[split.train].copy(), adata[split.test].copy()
+        scvi.settings.seed = 0
+        start = time.perf_counter()
+        model = scrobust.tl.fit_annotator(
+            train, args.labels_key, pretrain=False, train_kwargs={"enable_progress_bar": False}
+        )
+        proba, novelty = model._classify_cells(test, None, 256)
+        novel = labels[split.test] == split.held_out
+        rows.append(
+            {
+                "held_out": split.held_out,
+                "auroc_novelty": float(roc_auc_score(novel, novelty)),
+                "auroc_one_minus_max_probability": float(roc_auc_score(novel, 1.0 - proba.to_numpy().max(axis=1))),
+                "seconds": time.perf_counter() - start,
+            }
+        )
+        print(rows[-1], flush=True)
+    out = Path(args.out) / f"novelty_scores_{Path(args.data).stem}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"dataset": Path(args.data).stem, "args": vars(args), "rows": rows}, indent=1))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
