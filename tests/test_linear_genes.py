@@ -28,3 +28,21 @@ def test_too_few_cells_keep_every_gene_without_fitting():
     x, labels = _two_types(informative_gene=0)
     use, scores = choose_linear_genes(x[54:66], labels[54:66], np.arange(200) < 5)
     assert not use and "hvgs" not in scores
+
+
+def test_the_model_reads_at_most_max_choice_cells_for_the_choice(monkeypatch):
+    import scrobust_sc as scrobust
+    from scrobust_sc.model import _linear_genes
+
+    seen = {}
+
+    def spy(x, labels, hvg_mask, **kwargs):
+        seen["rows"] = x.shape[0]
+        return False, {}
+
+    monkeypatch.setattr(_linear_genes, "MAX_CHOICE_CELLS", 50)
+    monkeypatch.setattr("scrobust_sc.model._model.choose_linear_genes", spy)
+    adata = scrobust.data.pbmc_demo()[:120].copy()
+    scrobust.SCRobust.setup_anndata(adata, labels_key="cell_type")
+    scrobust.SCRobust(adata, d_model=16, n_heads=2)
+    assert seen["rows"] == 50  # a subset, drawn before the cells are copied and normalised

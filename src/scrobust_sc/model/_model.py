@@ -43,6 +43,7 @@ from scrobust_sc.data._ranking import (
 )
 from scrobust_sc.data._splits import class_weights, stratified_validation_split
 from scrobust_sc.data._validation import check_finite_nonnegative, check_gene_names, detect_input_kind
+from scrobust_sc.model import _linear_genes
 from scrobust_sc.model._linear_genes import AUTO_LINEAR_HVGS, choose_linear_genes, log_normalized_matrix
 from scrobust_sc.module import SCRobustModule, default_view_size
 from scrobust_sc.train import (
@@ -335,6 +336,9 @@ class SCRobust(BaseModelClass):
         codes = np.asarray(self.adata_manager.get_from_registry(REGISTRY_KEYS.LABELS_KEY)).ravel()
         names = np.asarray(labels["categorical_mapping"]).astype(str)[codes]
         labelled = np.flatnonzero(names != str(labels["unlabeled_category"]))
+        if labelled.size > _linear_genes.MAX_CHOICE_CELLS:  # subset before copying: memory stays bounded
+            rng = np.random.default_rng(0)
+            labelled = np.sort(rng.choice(labelled, _linear_genes.MAX_CHOICE_CELLS, replace=False))
         x = log_normalized_matrix(_rows(counts, labelled), input_is_log=input_is_log)
         use_hvgs, scores = choose_linear_genes(x, names[labelled], mask)
         self.gene_linear_choice_ = {"hvgs": n_top if use_hvgs else None, **scores}
