@@ -41,7 +41,7 @@ class Prediction:
         ``True`` where the method would answer "Unknown".
     novelty
         Higher where a cell looks less like any training type (threshold-free, for AUROC):
-        scRobust's novelty score; ``1 - `` the top class probability for the peers.
+        scRobust's novelty score; one minus the top class probability for the peers.
 
     Examples
     --------
