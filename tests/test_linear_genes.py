@@ -1,6 +1,7 @@
 import numpy as np
 
-from scrobust_sc.model._linear_genes import choose_linear_genes, log_normalized_matrix
+from scrobust_sc.data._ranking import log_normalized_block
+from scrobust_sc.model._linear_genes import choose_linear_genes
 
 
 def _two_types(informative_gene: int, seed: int = 0):
@@ -8,7 +9,7 @@ def _two_types(informative_gene: int, seed: int = 0):
     labels = np.repeat(["a", "b"], 60)
     x = rng.poisson(1.0, (120, 200)).astype(float)
     x[labels == "a", informative_gene] += 4.0
-    return log_normalized_matrix(x, input_is_log=False), labels
+    return log_normalized_block(x, input_is_log=False), labels
 
 
 def test_hvgs_are_chosen_when_only_they_hold_the_signal():

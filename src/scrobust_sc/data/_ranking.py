@@ -82,7 +82,7 @@ def per_10k(block) -> sparse.csr_matrix:
 
 
 def log_normalized_block(block, *, input_is_log: bool) -> sparse.csr_matrix:
-    """``log1p`` of counts per 10,000 of a float64 block; log-normalised input as it is.
+    """``log1p`` of counts per 10,000 as float64 CSR; log-normalised input as it is.
 
     Examples
     --------
@@ -90,8 +90,9 @@ def log_normalized_block(block, *, input_is_log: bool) -> sparse.csr_matrix:
     >>> log_normalized_block(np.array([[1.0, 1.0]]), input_is_log=False).toarray().round(3).tolist()
     [[8.517, 8.517]]
     """
+    block = sparse.csr_matrix(block, dtype=np.float64)
     if input_is_log:
-        return sparse.csr_matrix(block)
+        return block
     block = per_10k(block)
     block.data = np.log1p(block.data)
     return block

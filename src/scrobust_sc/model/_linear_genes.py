@@ -18,7 +18,6 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
 
-from scrobust_sc.data._ranking import log_normalized_block
 from scrobust_sc.data._splits import stratified_validation_split
 
 logger = logging.getLogger("scrobust_sc")
@@ -32,18 +31,6 @@ MIN_CHOICE_CELLS = 20
 #: Validation macro-F1 the HVGs must gain over every gene to be chosen (smaller is noise:
 #: on pancreas_endocrinogenesis_bastidas, 2,000 genes in all, the two differ by <= 0.003).
 CHOICE_MARGIN = 0.01
-
-
-def log_normalized_matrix(matrix, *, input_is_log: bool) -> sparse.csr_matrix:
-    """``log1p`` of counts per 10,000 as a sparse matrix (log-normalised input is returned as is).
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> log_normalized_matrix(np.array([[1, 3]]), input_is_log=False).toarray().round(3).tolist()
-    [[7.824, 8.923]]
-    """
-    return log_normalized_block(sparse.csr_matrix(matrix, dtype=np.float64), input_is_log=input_is_log)
 
 
 def choose_linear_genes(x, labels: np.ndarray, hvg_mask: np.ndarray, *, seed: int = 0) -> tuple[bool, dict]:

@@ -36,6 +36,7 @@ from scrobust_sc.data._ranking import (
     dispersion,
     expressed_fraction,
     inverse_std,
+    log_normalized_block,
     log_normalized_moments,
     normalized_moments,
     seurat_dispersion,
@@ -44,7 +45,7 @@ from scrobust_sc.data._ranking import (
 from scrobust_sc.data._splits import class_weights, stratified_validation_split
 from scrobust_sc.data._validation import check_finite_nonnegative, check_gene_names, detect_input_kind
 from scrobust_sc.model import _linear_genes
-from scrobust_sc.model._linear_genes import AUTO_LINEAR_HVGS, choose_linear_genes, log_normalized_matrix
+from scrobust_sc.model._linear_genes import AUTO_LINEAR_HVGS, choose_linear_genes
 from scrobust_sc.module import SCRobustModule, default_view_size
 from scrobust_sc.train import (
     ClassifierPlan,
@@ -125,13 +126,6 @@ def restrict_labels(proba: pd.DataFrame, allowed_labels: Sequence[str] | None) -
 
 def _fmt(value) -> str:
     return "n/a" if value is None else f"{value:.3f}"
-
-
-def _rows(matrix, rows: np.ndarray):
-    """Rows of an in-memory or h5py-backed matrix (increasing positions)."""
-    if rows.size == matrix.shape[0]:
-        return matrix[:] if not hasattr(matrix, "to_memory") else matrix.to_memory()
-    return matrix[rows]
 
 
 def _labels_state(registry: dict) -> dict:
@@ -259,7 +253,7 @@ class SCRobust(BaseModelClass):
                 self.gene_names_ = list(query_gene_names(adata, setup_args.get("gene_symbols")))
             scores = (1.0 - fraction, dispersion(mean, var), inverse_std(var))
             gene_linear_hvgs, hvg_mask = self._linear_path_genes(
-                gene_linear_hvgs if gene_linear_head else None, counts, scores[1], input_is_log, labels, setup_args
+                gene_linear_hvgs if gene_linear_head else None, counts, scores[1], input_is_log, setup_args
             )
             scores = (*scores, hvg_mask)
             if n_view_genes is None:
@@ -321,7 +315,7 @@ class SCRobust(BaseModelClass):
             },
         }
 
-    def _linear_path_genes(self, request, counts, peak_dispersion, input_is_log: bool, labels: dict, setup_args):
+    def _linear_path_genes(self, request, counts, peak_dispersion, input_is_log: bool, setup_args):
         """Resolve ``gene_linear_hvgs`` (``"auto"``: ask the labelled cells) and its gene mask."""
         if request is None or (request == "auto" and (setup_args.get("labels_key") is None or self.modality == "atac")):
             return None, None
@@ -334,13 +328,13 @@ class SCRobust(BaseModelClass):
         if request != "auto":
             return n_top, mask
         codes = np.asarray(self.adata_manager.get_from_registry(REGISTRY_KEYS.LABELS_KEY)).ravel()
-        names = np.asarray(labels["categorical_mapping"]).astype(str)[codes]
-        labelled = np.flatnonzero(names != str(labels["unlabeled_category"]))
+        labelled = np.flatnonzero(codes < len(self.cell_types_))  # the unlabelled category comes last, as in train
         if labelled.size > _linear_genes.MAX_CHOICE_CELLS:  # subset before copying: memory stays bounded
             rng = np.random.default_rng(0)
             labelled = np.sort(rng.choice(labelled, _linear_genes.MAX_CHOICE_CELLS, replace=False))
-        x = log_normalized_matrix(_rows(counts, labelled), input_is_log=input_is_log)
-        use_hvgs, scores = choose_linear_genes(x, names[labelled], mask)
+        cells = counts if labelled.size == counts.shape[0] else counts[labelled]
+        x = log_normalized_block(cells, input_is_log=input_is_log)
+        use_hvgs, scores = choose_linear_genes(x, np.asarray(self.cell_types_)[codes[labelled]], mask)
         self.gene_linear_choice_ = {"hvgs": n_top if use_hvgs else None, **scores}
         logger.info(
             "Linear path: %s (validation macro-F1 of a logistic regression on every gene %s, on %d HVGs %s).",
