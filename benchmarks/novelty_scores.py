@@ -1,9 +1,12 @@
-"""How well scRobust's two "is this cell new?" signals rank held-out types: AUROC per type.
+"""How well scRobust's "is this cell new?" signals rank held-out types: AUROC per type.
 
 For each cell type in turn (the harness's ``novel`` splits), fine-tunes scRobust without
-it and scores the test cells with (a) the novelty score ``tl.annotate`` thresholds
-(distance to the predicted type's training cells in the fine-tuned embedding) and
-(b) one minus the top class probability. Writes one JSON under benchmarks/results/.
+it and scores the test cells with (a) the novelty ``tl.annotate`` thresholds (the larger
+of the two below), (b) its energy score (``-logsumexp`` of the logits, calibrated on the
+validation cells), (c) its distance score (to the predicted type's training cells in the
+fine-tuned embedding) and (d) one minus the top class probability. Also the share of the
+held-out type's cells, and of the known cells, above the default threshold. Writes one
+JSON under benchmarks/results/.
 
     .venv/bin/python benchmarks/novelty_scores.py --data ../shared/data/xin_pancreas_scclassify.h5ad
 """
@@ -17,12 +20,26 @@ import time
 from pathlib import Path
 
 import anndata as ad
+import numpy as np
 import scvi
 import torch
 from sklearn.metrics import roc_auc_score
 
 import scrobust_sc as scrobust
 from scrobust_sc.benchmark import novel_splits
+from scrobust_sc.module._module import DISTANCE_NOVELTY_SCALE
+from scrobust_sc.tl._annotate import DEFAULT_NOVELTY_THRESHOLD
+
+
+@torch.inference_mode()
+def _scores(model, adata) -> tuple[np.ndarray, np.ndarray]:
+    """The two scores behind scRobust's novelty, each 1 at its own threshold."""
+    energy, distance = [], []
+    for batch in model._batches(adata, None, 256):
+        logits, z = model._classify_batch(batch)
+        energy.append(model.module.energy_novelty(logits))
+        distance.append(model.module.distance_novelty(z, logits.argmax(1)) / DISTANCE_NOVELTY_SCALE)
+    return torch.cat(energy).numpy(), torch.cat(distance).numpy()
 
 
 def main() -> None:
@@ -45,12 +62,18 @@ def main() -> None:
             train, args.labels_key, pretrain=False, train_kwargs={"enable_progress_bar": False}
         )
         proba, novelty = model._classify_cells(test, None, 256)
+        energy, distance = _scores(model, test)
         novel = labels[split.test] == split.held_out
+        unknown = novelty > DEFAULT_NOVELTY_THRESHOLD
         rows.append(
             {
                 "held_out": split.held_out,
                 "auroc_novelty": float(roc_auc_score(novel, novelty)),
+                "auroc_energy": float(roc_auc_score(novel, energy)),
+                "auroc_distance": float(roc_auc_score(novel, distance)),
                 "auroc_one_minus_max_probability": float(roc_auc_score(novel, 1.0 - proba.to_numpy().max(axis=1))),
+                "unknown_held_out": float(unknown[novel].mean()),
+                "unknown_known": float(unknown[~novel].mean()),
                 "seconds": time.perf_counter() - start,
             }
         )

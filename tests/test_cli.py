@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 import scrobust_sc as scrobust
-from scrobust_sc.cli import main
+from scrobust_sc.cli import build_parser, main
 
 
 @pytest.fixture
@@ -144,3 +144,11 @@ def test_demo_runs_on_bundled_data(tmp_path):
     assert (tmp_path / "umap.png").stat().st_size > 10_000
     assert ad.read_h5ad(tmp_path / "demo.h5ad").obsm["X_scrobust"].shape == (scrobust.data.pbmc_demo().n_obs, 128)
     assert summary["leiden_clusters"] >= 2
+
+
+def test_cli_novelty_threshold_default_is_the_librarys():
+    from scrobust_sc.tl._annotate import DEFAULT_NOVELTY_THRESHOLD
+
+    for command in ("annotate", "predict"):
+        args = build_parser().parse_args([command, "--query", "q.h5ad", "--out", "o.h5ad", "--model", "m"])
+        assert args.novelty_threshold == DEFAULT_NOVELTY_THRESHOLD

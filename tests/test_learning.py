@@ -33,7 +33,7 @@ def test_fine_tuning_is_on_par_with_logistic_regression(pbmc):
 
 
 def test_a_held_out_type_is_mostly_called_unknown(pbmc):
-    """Monocytes never seen in training; novelty (default 1.2) vs a max-probability threshold of 0.5."""
+    """Monocytes never seen in training; novelty (default 1) vs a max-probability threshold of 0.5."""
     train, test, truth = _split(pbmc)
     held_out = "CD14+ Monocyte"
     train = train[train.obs["cell_type"] != held_out].copy()

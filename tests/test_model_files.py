@@ -90,3 +90,12 @@ def test_an_interrupted_save_keeps_the_previous_model(small_pbmc, saved, monkeyp
         model.save(saved, overwrite=True)
     assert {p.name: p.read_bytes() for p in saved.iterdir()} == before  # no temp file left, nothing replaced
     SCRobust.load(saved)
+
+
+def test_a_model_saved_before_the_energy_novelty_keeps_the_distance_rule():
+    model = SCRobust.load(FIXTURE / "model_v0.1.0")
+    cells = ad.read_h5ad(FIXTURE / "model_v0.1.0_cells.h5ad")
+    assert model.module.reference_energy.numel() == 0
+    novelty = model.predict_novelty(cells)
+    assert np.isfinite(novelty).all()
+    assert np.array_equal(model.predict(cells, novelty_threshold=1.0) == "Unknown", novelty > 1.0)

@@ -242,7 +242,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--out", required=True, help="annotated .h5ad to write")
         p.add_argument("--csv", default=None, help="also write labels and confidences as CSV")
         p.add_argument("--unknown-threshold", type=float, default=None, help="confidence under which a cell is Unknown")
-        p.add_argument("--novelty-threshold", type=float, default=1.2, help="novelty above which a cell is Unknown")
+        p.add_argument(
+            "--novelty-threshold",
+            type=float,
+            default=1.0,  # tl.annotate's DEFAULT_NOVELTY_THRESHOLD (not imported: the parser stays light)
+            help="novelty above which a cell is Unknown",
+        )
         common(p, model=True)
         p.set_defaults(func=_cmd_annotate if name == "annotate" else _cmd_predict)
 

@@ -69,6 +69,8 @@ PRESETS: dict[str, dict] = {
 DEFAULT_PRETRAIN_STEPS = 2000
 #: Cells read from disk at a time when embedding or predicting a backed AnnData
 BACKED_CHUNK_CELLS = 8192
+#: Fewest validation cells the energy novelty is calibrated on; with fewer, the training cells.
+MIN_ENERGY_CELLS = 20
 
 
 def _resolve_keep_best(keep_best, train_codes: np.ndarray, val_codes: np.ndarray, cell_types) -> bool:
@@ -862,23 +864,46 @@ class SCRobust(BaseModelClass):
                 self.train_params_["train"]["best_epoch"] = int(plan.best_epoch) + 1
                 self.train_params_["train"]["best_validation_f1_macro"] = float(plan.best_score)
             self.module.eval()
-        self._store_reference(train_idx, codes[train_idx])
+        self._store_reference(train_idx, codes[train_idx], val_idx)
         self.is_fine_tuned_ = True
 
     @torch.inference_mode()
-    def _store_reference(self, cells: np.ndarray, codes: np.ndarray, max_per_type: int = 500) -> None:
-        """Keep up to ``max_per_type`` training cells' embeddings per type for :meth:`predict_novelty`."""
+    def _store_reference(
+        self, cells: np.ndarray, codes: np.ndarray, held_out: np.ndarray, max_per_type: int = 500
+    ) -> None:
+        """References of :meth:`predict_novelty`: training cells' embeddings, held-out cells' energy.
+
+        Up to ``max_per_type`` training cells per type are kept. The energy is calibrated on the
+        ``held_out`` (validation) cells, which the weights never fitted; with fewer than
+        :data:`MIN_ENERGY_CELLS` of them, on the training cells, whose logits are larger, so
+        fewer cells are called Unknown.
+        """
         rng = np.random.default_rng(settings.seed or 0)
         keep = np.concatenate([rng.permutation(cells[codes == c])[:max_per_type] for c in np.unique(codes)])
         keep.sort()
-        params = self.train_params_["train"]
-        embeddings, labels = [], []
+        embeddings, labels, logits = [], [], []
         for t in self._batches(None, keep, 256):
-            embeddings.append(
-                self.module.classify(t, params["gene_selection"], params["n_genes"], return_embedding=True)[1]
-            )
+            out, z = self._classify_batch(t)
+            embeddings.append(z)
             labels.append(t[REGISTRY_KEYS.LABELS_KEY].view(-1).long())
+            logits.append(out)
         self.module.set_reference(torch.cat(embeddings), torch.cat(labels))
+        if held_out.size >= MIN_ENERGY_CELLS:
+            logits = [self._classify_batch(t)[0] for t in self._batches(None, np.sort(held_out), 256)]
+        else:
+            logger.info(
+                "Energy novelty calibrated on training cells: only %d validation cells (fewer than %d).",
+                held_out.size,
+                MIN_ENERGY_CELLS,
+            )
+        self.module.set_energy_reference(torch.cat(logits))
+
+    def _classify_batch(self, tensors) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and embeddings of one mini-batch with the fine-tuning's gene selection."""
+        params = self.train_params_.get("train", {})
+        return self.module.classify(
+            tensors, params.get("gene_selection", "mixed"), params.get("n_genes", 800), return_embedding=True
+        )
 
     # --------------------------------------------------------------- inference
     def _check_batch_budget(self, batch_size: int) -> None:
@@ -1031,14 +1056,12 @@ class SCRobust(BaseModelClass):
     def _classify_cells(self, adata, indices, batch_size: int) -> tuple[pd.DataFrame, np.ndarray]:
         if self.module.classifier is None:
             raise ValueError("This model has no classifier: fine-tune it with labels first (`model.train`).")
-        params = self.train_params_.get("train", {})
-        selection, n_genes = params.get("gene_selection", "mixed"), params.get("n_genes", 800)
         probs, novelty = [], []
         for t in self._batches(adata, indices, batch_size):
-            logits, z = self.module.classify(t, selection, n_genes, return_embedding=True)
+            logits, z = self._classify_batch(t)
             p = torch.softmax(logits.float(), dim=1)
             probs.append(p.cpu())
-            novelty.append(self.module.novelty(z, p.argmax(1)).cpu())
+            novelty.append(self.module.novelty(z, logits).cpu())
         names = (adata if adata is not None else self.adata).obs_names
         if indices is not None:
             names = names[np.asarray(indices)]
@@ -1055,12 +1078,18 @@ class SCRobust(BaseModelClass):
         return self._classify_cells(adata, indices, batch_size)[0]
 
     def predict_novelty(self, adata: ad.AnnData | None = None, indices=None, *, batch_size: int = 256) -> np.ndarray:
-        """Novelty of each cell: distance to the reference cells of its predicted type.
+        """Novelty of each cell: how unlike every training type it looks; above 1, "Unknown".
 
-        The mean distance (in the fine-tuned embedding) to the 5 nearest training cells of
-        the predicted type, divided by the 95th percentile of the same distance among that
-        type's training cells. Above 1, a cell is farther from the type than nearly all of
-        its own cells: a candidate for a type the model never saw.
+        The larger of two scores, each 1 at its threshold:
+
+        - energy: ``-logsumexp`` of the classifier's logits, 0 at the median of the
+          validation cells (known types the weights never fitted) and 1 at their 99th
+          percentile. A cell of an unseen type gets low logits for every type.
+        - distance: the mean distance (in the fine-tuned embedding) to the 5 nearest
+          training cells of the predicted type, over 1.2 times the 95th percentile of the
+          same distance among that type's training cells.
+
+        Models saved before the energy score existed load with the distance score only.
 
         Examples
         --------
@@ -1197,7 +1226,7 @@ class SCRobust(BaseModelClass):
         init_params = {"gene_linear_scaling": "none", "gene_linear_hvgs": None, **meta["init_params"]}
         model = cls(adata=None, registry=meta["registry"], **init_params)
         model.gene_names_ = meta["gene_names"]
-        for name in ("reference_embedding", "reference_label", "reference_threshold"):
+        for name in ("reference_embedding", "reference_label", "reference_threshold", "reference_energy"):
             if name in state:  # sized by the training data
                 setattr(model.module, name, torch.empty_like(state[name]))
         missing, unexpected = model.module.load_state_dict(state, strict=False)

@@ -28,6 +28,10 @@ from scrobust_sc.nn import (
 GENE_LINEAR_SCALINGS = ("standardized", "none")
 #: Standardised values above this are clipped in the linear path (as ``sc.pp.scale(max_value=10)``).
 LINEAR_VALUE_CLIP = 10.0
+#: Share of held-out known cells whose energy novelty stays at or under 1 (the calibration quantile).
+ENERGY_QUANTILE = 0.99
+#: Distance novelty (over the type's own 95th percentile) that counts as 1 in :meth:`SCRobustModule.novelty`.
+DISTANCE_NOVELTY_SCALE = 1.2
 
 
 class SCRobustModule(BaseModuleClass):
@@ -127,6 +131,8 @@ class SCRobustModule(BaseModuleClass):
         self.register_buffer("reference_embedding", torch.zeros(0, d_model))
         self.register_buffer("reference_label", torch.zeros(0, dtype=torch.long))
         self.register_buffer("reference_threshold", torch.zeros(0))
+        # median and calibration quantile of held-out cells' energy (-logsumexp of the logits)
+        self.register_buffer("reference_energy", torch.zeros(0))
 
     # ---- inputs -----------------------------------------------------------------
     def _normalized(self, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -240,7 +246,7 @@ class SCRobustModule(BaseModuleClass):
             vals = vals * self.gene_linear_mask[idx]
         return vals
 
-    # ---- novelty: distance to the reference cells of the predicted type ----------
+    # ---- novelty: how unlike every training type a cell looks ----------------------
     def set_reference(self, z: torch.Tensor, labels: torch.Tensor, *, k: int = 5, quantile: float = 0.95) -> None:
         """Store reference embeddings and, per type, the ``quantile`` of their own k-NN distances."""
         self.reference_embedding = z.detach().float().clone()
@@ -262,8 +268,25 @@ class SCRobustModule(BaseModuleClass):
         self.reference_embedding = torch.zeros(0, self.reference_embedding.shape[1], device=device)
         self.reference_label = torch.zeros(0, dtype=torch.long, device=device)
         self.reference_threshold = torch.zeros(0, device=device)
+        self.reference_energy = torch.zeros(0, device=device)
 
-    def novelty(self, z: torch.Tensor, predicted: torch.Tensor, *, k: int = 5) -> torch.Tensor:
+    def set_energy_reference(self, logits: torch.Tensor, *, quantile: float = ENERGY_QUANTILE) -> None:
+        """Store the median and the ``quantile`` of the energy of known cells (held-out ones, ideally)."""
+        energy = -torch.logsumexp(logits.detach().float(), dim=1)
+        self.reference_energy = torch.stack([energy.median(), torch.quantile(energy, quantile)])
+
+    def energy_novelty(self, logits: torch.Tensor) -> torch.Tensor:
+        """Energy (``-logsumexp`` of the logits) rescaled to 0 at the reference median, 1 at its quantile.
+
+        0 when no energy reference is stored (models saved before it existed).
+        """
+        if self.reference_energy.numel() != 2:
+            return torch.zeros(logits.shape[0], device=logits.device)
+        median, upper = self.reference_energy
+        energy = -torch.logsumexp(logits.float(), dim=1)
+        return (energy - median) / (upper - median).clamp_min(1e-6)
+
+    def distance_novelty(self, z: torch.Tensor, predicted: torch.Tensor, *, k: int = 5) -> torch.Tensor:
         """Mean distance to the ``k`` nearest reference cells of the predicted type over that type's threshold.
 
         Above 1: farther from the type's reference cells than 95% of them are from each other.
@@ -280,6 +303,17 @@ class SCRobustModule(BaseModuleClass):
             d = torch.cdist(z[rows].float(), ref).topk(min(k, ref.shape[0]), largest=False).values.mean(1)
             out[rows] = d / self.reference_threshold[c].clamp_min(1e-12)
         return out
+
+    def novelty(self, z: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """How unlike every training type a cell looks; above 1, it is called "Unknown" by default.
+
+        The larger of two scores, each 1 at its own threshold: :meth:`energy_novelty` (the
+        classifier's logits are all low: above 1, beyond all but 1% of the held-out known cells)
+        and :meth:`distance_novelty` over :data:`DISTANCE_NOVELTY_SCALE` (the cell lies far
+        from the training cells of its predicted type in the embedding).
+        """
+        distance = self.distance_novelty(z, logits.argmax(1)) / DISTANCE_NOVELTY_SCALE
+        return torch.maximum(distance, self.energy_novelty(logits))
 
     def classification_loss(
         self, tensors, gene_selection: str, n_genes: int, label_smoothing: float = 0.0, token_dropout: float = 0.0

@@ -19,9 +19,9 @@ logger = logging.getLogger("scrobust_sc")
 #: none. Measured (docs/design.md), a probability threshold catches almost no cells of
 #: unseen types and rejects known cells; novelty does the job.
 DEFAULT_UNKNOWN_THRESHOLD = None
-#: Default novelty (distance to the predicted type's reference cells over that type's own
-#: 95th percentile) above which a cell is called "Unknown".
-DEFAULT_NOVELTY_THRESHOLD = 1.2
+#: Default novelty (:meth:`~scrobust_sc.model.SCRobust.predict_novelty`, each of its two
+#: scores 1 at its own threshold) above which a cell is called "Unknown".
+DEFAULT_NOVELTY_THRESHOLD = 1.0
 
 
 def _training_view(adata: ad.AnnData, labels_key: str, layer: str | None, modality: str = "rna") -> ad.AnnData:
@@ -162,8 +162,10 @@ def annotate(
         Confidence under which a cell is ``"Unknown"``; ``None`` never rejects.
     novelty_threshold
         Novelty (see :meth:`~scrobust_sc.model.SCRobust.predict_novelty`) above which a cell
-        is ``"Unknown"``: it lies farther from the reference cells of its predicted type than
-        95% of them lie from each other. ``None`` never rejects on novelty.
+        is ``"Unknown"``: at the default 1, its logits are lower than those of all but 1% of
+        the validation cells, or it lies farther from the reference cells of its predicted
+        type than 1.2 times the distance 95% of them lie from each other. ``None`` never
+        rejects on novelty.
     allowed_labels
         Restrict the predictions to these cell types.
     key_added
