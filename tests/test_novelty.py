@@ -89,11 +89,17 @@ def test_fine_tuning_calibrates_the_energy_on_the_validation_cells(small_pbmc, s
     assert np.mean(energy < 0) == pytest.approx(0.5, abs=1 / energy.size + 1e-9)
 
 
-def test_without_validation_cells_the_energy_is_calibrated_on_training_cells(small_pbmc, seeded, caplog):
+def test_without_enough_validation_cells_novelty_is_the_distance_alone(small_pbmc, seeded, caplog):
+    """Training cells would calibrate it too strictly: their logits are larger than new cells'."""
     with caplog.at_level(logging.INFO, logger="scrobust_sc"):
         model = _fine_tuned(small_pbmc, validation_size=0)
-    assert model.module.reference_energy.shape == (2,)
-    assert "calibrated on training cells" in caplog.text
+    assert model.module.reference_energy.numel() == 0
+    assert "too few" in caplog.text and "validation_size" in caplog.text
+    with torch.inference_mode():
+        batch = next(iter(model._batches(small_pbmc, None, 256)))
+        logits, z = model._classify_batch(batch)
+        expected = model.module.distance_novelty(z, logits.argmax(1)) / DISTANCE_NOVELTY_SCALE
+    np.testing.assert_allclose(model.predict_novelty(small_pbmc), expected.numpy(), rtol=1e-5)
 
 
 def test_the_energy_calibration_survives_save_and_load(small_pbmc, tmp_path, seeded):

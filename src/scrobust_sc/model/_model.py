@@ -69,7 +69,7 @@ PRESETS: dict[str, dict] = {
 DEFAULT_PRETRAIN_STEPS = 2000
 #: Cells read from disk at a time when embedding or predicting a backed AnnData
 BACKED_CHUNK_CELLS = 8192
-#: Fewest validation cells the energy novelty is calibrated on; with fewer, the training cells.
+#: Fewest validation cells the energy novelty is calibrated on; with fewer, it is left out.
 MIN_ENERGY_CELLS = 20
 
 
@@ -874,28 +874,28 @@ class SCRobust(BaseModelClass):
         """References of :meth:`predict_novelty`: training cells' embeddings, held-out cells' energy.
 
         Up to ``max_per_type`` training cells per type are kept. The energy is calibrated on the
-        ``held_out`` (validation) cells, which the weights never fitted; with fewer than
-        :data:`MIN_ENERGY_CELLS` of them, on the training cells, whose logits are larger, so
-        fewer cells are called Unknown.
+        ``held_out`` (validation) cells, which the weights never fitted. With fewer than
+        :data:`MIN_ENERGY_CELLS` of them it is not calibrated at all (training cells have
+        larger logits than new cells of the same types, so they would call known cells
+        Unknown) and novelty is the distance score alone.
         """
         rng = np.random.default_rng(settings.seed or 0)
         keep = np.concatenate([rng.permutation(cells[codes == c])[:max_per_type] for c in np.unique(codes)])
         keep.sort()
-        embeddings, labels, logits = [], [], []
+        embeddings, labels = [], []
         for t in self._batches(None, keep, 256):
-            out, z = self._classify_batch(t)
-            embeddings.append(z)
+            embeddings.append(self._classify_batch(t)[1])
             labels.append(t[REGISTRY_KEYS.LABELS_KEY].view(-1).long())
-            logits.append(out)
         self.module.set_reference(torch.cat(embeddings), torch.cat(labels))
-        if held_out.size >= MIN_ENERGY_CELLS:
-            logits = [self._classify_batch(t)[0] for t in self._batches(None, np.sort(held_out), 256)]
-        else:
+        if held_out.size < MIN_ENERGY_CELLS:
             logger.info(
-                "Energy novelty calibrated on training cells: only %d validation cells (fewer than %d).",
+                "Novelty is the distance score alone: %d validation cells are too few (under %d) to calibrate "
+                "the energy score. Pass a larger validation_size= to calibrate it.",
                 held_out.size,
                 MIN_ENERGY_CELLS,
             )
+            return
+        logits = [self._classify_batch(t)[0] for t in self._batches(None, np.sort(held_out), 256)]
         self.module.set_energy_reference(torch.cat(logits))
 
     def _classify_batch(self, tensors) -> tuple[torch.Tensor, torch.Tensor]:
@@ -1084,7 +1084,8 @@ class SCRobust(BaseModelClass):
 
         - energy: ``-logsumexp`` of the classifier's logits, 0 at the median of the
           validation cells (known types the weights never fitted) and 1 at their 99th
-          percentile. A cell of an unseen type gets low logits for every type.
+          percentile. A cell of an unseen type gets low logits for every type. Left out
+          when fine-tuning held out fewer than 20 validation cells.
         - distance: the mean distance (in the fine-tuned embedding) to the 5 nearest
           training cells of the predicted type, over 1.2 times the 95th percentile of the
           same distance among that type's training cells.
