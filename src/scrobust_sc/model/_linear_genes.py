@@ -33,6 +33,22 @@ MIN_CHOICE_CELLS = 20
 CHOICE_MARGIN = 0.01
 
 
+def choice_rows(rows: np.ndarray, *, seed: int = 0) -> np.ndarray:
+    """At most :data:`MAX_CHOICE_CELLS` of ``rows``, drawn with ``seed``, in increasing order.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> choice_rows(np.arange(5)).tolist()
+    [0, 1, 2, 3, 4]
+    >>> choice_rows(np.arange(100_000)).size == MAX_CHOICE_CELLS
+    True
+    """
+    if rows.size <= MAX_CHOICE_CELLS:
+        return rows
+    return np.sort(np.random.default_rng(seed).choice(rows, MAX_CHOICE_CELLS, replace=False))
+
+
 def choose_linear_genes(x, labels: np.ndarray, hvg_mask: np.ndarray, *, seed: int = 0) -> tuple[bool, dict]:
     """Whether the linear path should read only the highly variable genes.
 
@@ -68,10 +84,7 @@ def choose_linear_genes(x, labels: np.ndarray, hvg_mask: np.ndarray, *, seed: in
     (True, True)
     """
     labels = np.asarray(labels).astype(str)
-    rng = np.random.default_rng(seed)
-    rows = np.arange(labels.size)
-    if rows.size > MAX_CHOICE_CELLS:
-        rows = np.sort(rng.choice(rows, MAX_CHOICE_CELLS, replace=False))
+    rows = choice_rows(np.arange(labels.size), seed=seed)
     x, labels = sparse.csr_matrix(x)[rows], labels[rows]
     train, validation = stratified_validation_split(labels, fraction=0.2, seed=seed)
     scores: dict = {"n_validation": int(validation.size)}

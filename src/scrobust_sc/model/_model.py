@@ -44,8 +44,7 @@ from scrobust_sc.data._ranking import (
 )
 from scrobust_sc.data._splits import class_weights, stratified_validation_split
 from scrobust_sc.data._validation import check_finite_nonnegative, check_gene_names, detect_input_kind
-from scrobust_sc.model import _linear_genes
-from scrobust_sc.model._linear_genes import AUTO_LINEAR_HVGS, choose_linear_genes
+from scrobust_sc.model._linear_genes import AUTO_LINEAR_HVGS, choice_rows, choose_linear_genes
 from scrobust_sc.module import SCRobustModule, default_view_size
 from scrobust_sc.train import (
     ClassifierPlan,
@@ -331,9 +330,7 @@ class SCRobust(BaseModelClass):
             return n_top, mask
         codes = np.asarray(self.adata_manager.get_from_registry(REGISTRY_KEYS.LABELS_KEY)).ravel()
         labelled = np.flatnonzero(codes < len(self.cell_types_))  # the unlabelled category comes last, as in train
-        if labelled.size > _linear_genes.MAX_CHOICE_CELLS:  # subset before copying: memory stays bounded
-            rng = np.random.default_rng(0)
-            labelled = np.sort(rng.choice(labelled, _linear_genes.MAX_CHOICE_CELLS, replace=False))
+        labelled = choice_rows(labelled)  # subset before copying: memory stays bounded
         cells = counts if labelled.size == counts.shape[0] else counts[labelled]
         x = log_normalized_block(cells, input_is_log=input_is_log)
         use_hvgs, scores = choose_linear_genes(x, np.asarray(self.cell_types_)[codes[labelled]], mask)

@@ -271,7 +271,16 @@ class SCRobustModule(BaseModuleClass):
         self.reference_energy = torch.zeros(0, device=device)
 
     def set_energy_reference(self, logits: torch.Tensor, *, quantile: float = ENERGY_QUANTILE) -> None:
-        """Store the median and the ``quantile`` of the energy of known cells (held-out ones, ideally)."""
+        """Store the median and the ``quantile`` of the energy of known cells (held-out ones, ideally).
+
+        Examples
+        --------
+        >>> import torch
+        >>> module = SCRobustModule(20, 2, d_model=8, n_heads=2, n_view_genes=4)
+        >>> module.set_energy_reference(torch.tensor([[0.0, 0.0], [1.0, 1.0], [2.0, 2.0]]))
+        >>> module.reference_energy.shape
+        torch.Size([2])
+        """
         energy = -torch.logsumexp(logits.detach().float(), dim=1)
         self.reference_energy = torch.stack([energy.median(), torch.quantile(energy, quantile)])
 
@@ -279,6 +288,15 @@ class SCRobustModule(BaseModuleClass):
         """Energy (``-logsumexp`` of the logits) rescaled to 0 at the reference median, 1 at its quantile.
 
         0 when no energy reference is stored (models saved before it existed).
+
+        Examples
+        --------
+        >>> import torch
+        >>> module = SCRobustModule(20, 2, d_model=8, n_heads=2, n_view_genes=4)
+        >>> module.set_energy_reference(torch.tensor([[0.0, 0.0], [1.0, 1.0], [2.0, 2.0]]))
+        >>> novelty = module.energy_novelty(torch.tensor([[1.0, 1.0], [-5.0, -5.0]]))  # the median; lower logits
+        >>> [round(v, 2) for v in novelty.tolist()]
+        [0.0, 6.12]
         """
         if self.reference_energy.numel() != 2:
             return torch.zeros(logits.shape[0], device=logits.device)
@@ -291,6 +309,13 @@ class SCRobustModule(BaseModuleClass):
 
         Above 1: farther from the type's reference cells than 95% of them are from each other.
         0 when no reference is stored.
+
+        Examples
+        --------
+        >>> import torch
+        >>> module = SCRobustModule(20, 2, d_model=8, n_heads=2, n_view_genes=4)
+        >>> module.distance_novelty(torch.zeros(3, 8), torch.zeros(3, dtype=torch.long)).tolist()  # no reference
+        [0.0, 0.0, 0.0]
         """
         out = torch.zeros(z.shape[0], device=z.device)
         if self.reference_embedding.numel() == 0:
@@ -311,6 +336,14 @@ class SCRobustModule(BaseModuleClass):
         classifier's logits are all low: above 1, beyond all but 1% of the held-out known cells)
         and :meth:`distance_novelty` over :data:`DISTANCE_NOVELTY_SCALE` (the cell lies far
         from the training cells of its predicted type in the embedding).
+
+        Examples
+        --------
+        >>> import torch
+        >>> module = SCRobustModule(20, 2, d_model=8, n_heads=2, n_view_genes=4)
+        >>> module.set_energy_reference(torch.tensor([[0.0, 0.0], [1.0, 1.0], [2.0, 2.0]]))
+        >>> (module.novelty(torch.zeros(2, 8), torch.tensor([[1.0, 1.0], [-5.0, -5.0]])) > 1).tolist()
+        [False, True]
         """
         distance = self.distance_novelty(z, logits.argmax(1)) / DISTANCE_NOVELTY_SCALE
         return torch.maximum(distance, self.energy_novelty(logits))
