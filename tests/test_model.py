@@ -232,6 +232,7 @@ def test_auto_linear_genes_follow_the_logistic_regression_comparison(small_pbmc,
     assert {"all_genes", "hvgs", "n_validation"} <= set(choice)
     chose_hvgs = choice["hvgs"] > choice["all_genes"] + _linear_genes.CHOICE_MARGIN
     assert (model.module.gene_linear_hvgs == _linear_genes.AUTO_LINEAR_HVGS) == chose_hvgs
+    assert choice["chosen"] == (_linear_genes.AUTO_LINEAR_HVGS if chose_hvgs else None)  # kept beside the scores
     assert hasattr(model.module, "gene_linear_mask") == chose_hvgs
     for forced in (True, False):  # the model follows whichever way the comparison goes
         monkeypatch.setattr("scrobust_sc.model._model.choose_linear_genes", lambda *a, f=forced, **k: (f, {}))

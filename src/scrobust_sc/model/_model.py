@@ -182,7 +182,8 @@ class SCRobust(BaseModelClass):
         with ``flavor="seurat"``; scATAC: the most variable peaks). ``None``: every gene.
         ``"auto"`` (default): the 2,000 HVGs when a logistic regression on them beats one on
         every gene by more than 0.01 validation macro-F1 on the labelled training cells
-        (seconds; logged, kept in ``gene_linear_choice_``), else every gene; without labels,
+        (seconds; logged, kept in ``gene_linear_choice_``: ``"chosen"``, 2,000 or ``None``,
+        and the two scores), else every gene; without labels,
         and for scATAC, every gene. It picks the HVGs on baron_mouse1 (macro-F1 0.74 -> 0.80)
         and every gene on the PBMC, lung and other pancreas references (``docs/design.md``).
     value_augmentation
@@ -334,7 +335,7 @@ class SCRobust(BaseModelClass):
         cells = counts if labelled.size == counts.shape[0] else counts[labelled]
         x = log_normalized_block(cells, input_is_log=input_is_log)
         use_hvgs, scores = choose_linear_genes(x, np.asarray(self.cell_types_)[codes[labelled]], mask)
-        self.gene_linear_choice_ = {"hvgs": n_top if use_hvgs else None, **scores}
+        self.gene_linear_choice_ = {"chosen": n_top if use_hvgs else None, **scores}
         logger.info(
             "Linear path: %s (validation macro-F1 of a logistic regression on every gene %s, on %d HVGs %s).",
             f"the {n_top} most variable genes" if use_hvgs else "every gene",
