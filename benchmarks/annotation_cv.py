@@ -1,5 +1,8 @@
 """Cross-validated annotation: scRobust vs logistic regression on the same folds.
 
+With the linear expert (the default), the same network is also scored without it
+("scrobust_network_only").
+
 Folds: StratifiedKFold(5, shuffle=True, random_state=0) on obs["cell_type"], as in
 shared/data/BASELINES.md. Writes one JSON per run under benchmarks/results/.
 
@@ -19,11 +22,13 @@ import anndata as ad
 import numpy as np
 import scvi
 import torch
+from scvi import REGISTRY_KEYS
 from sklearn.metrics import f1_score
 from sklearn.model_selection import StratifiedKFold
 
 import scrobust_sc as scrobust
 from scrobust_sc.benchmark import logistic_regression_baseline
+from scrobust_sc.data._splits import stratified_validation_split
 
 
 def main() -> None:
@@ -38,6 +43,7 @@ def main() -> None:
     parser.add_argument("--model-kwargs", default="{}", help="JSON of extra SCRobust arguments")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     parser.add_argument("--tag", default="default")
+    parser.add_argument("--save-proba", default=None, help="folder for each fold's test probabilities (CSV)")
     args = parser.parse_args()
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     torch.set_num_threads(args.threads)
@@ -62,7 +68,12 @@ def main() -> None:
             train_kwargs={"max_epochs": args.max_epochs, "enable_progress_bar": False, **json.loads(args.train_kwargs)},
         )
         rows.append(_row("scrobust", k, y[test_idx], model.predict(test), time.perf_counter() - t))
-        print(rows[-2], rows[-1], flush=True)
+        _save_proba(args, k, "scrobust", model, test)
+        if model.module.has_linear_expert:  # the same network without the linear expert's logits
+            model.module.clear_linear_expert()
+            rows.append(_row("scrobust_network_only", k, y[test_idx], model.predict(test), None))
+            _save_proba(args, k, "scrobust_network_only", model, test)
+        print(*rows[-3:], flush=True)
     result = {
         "dataset": Path(args.data).stem,
         "tag": args.tag,
@@ -83,13 +94,31 @@ def main() -> None:
     print(json.dumps(result["summary"], indent=1))
 
 
-def _row(method: str, fold: int, truth, pred, seconds: float) -> dict:
+def _save_proba(args, fold: int, method: str, model, test) -> None:
+    if args.save_proba:
+        folder = Path(args.save_proba)
+        folder.mkdir(parents=True, exist_ok=True)
+        stem = f"{Path(args.data).stem}_{args.tag}_{method}_fold{fold}"
+        model.predict(test, soft=True).to_csv(folder / f"{stem}.csv")
+        # the fine-tuning's validation cells (never fitted), as train() drew them
+        codes = np.asarray(model.adata_manager.get_from_registry(REGISTRY_KEYS.LABELS_KEY)).ravel()
+        labelled = np.flatnonzero(codes < len(model.cell_types_))
+        _, val_pos = stratified_validation_split(
+            codes[labelled], 0.1, seed=scvi.settings.seed or 0, class_names=model.cell_types_
+        )
+        validation = np.sort(labelled[val_pos])
+        proba = model.predict(model.adata, indices=validation, soft=True)
+        proba.index = model.adata.obs_names[validation]
+        proba.to_csv(folder / f"{stem}_validation.csv")
+
+
+def _row(method: str, fold: int, truth, pred, seconds: float | None) -> dict:
     return {
         "method": method,
         "fold": fold,
         "f1_macro": round(float(f1_score(truth, pred, average="macro")), 4),
         "accuracy": round(float(np.mean(truth == pred)), 4),
-        "seconds": round(seconds, 1),
+        "seconds": None if seconds is None else round(seconds, 1),
     }
 
 

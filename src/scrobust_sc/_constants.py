@@ -21,3 +21,5 @@ EMBEDDING_KEY = "X_scrobust"
 
 #: Gene orderings available for choosing the genes a cell shows the encoder.
 GENE_SELECTIONS = ("unique", "mixed", "expressed", "hvg", "random")
+#: The linear expert's standardised values are clipped here (as ``scanpy.pp.scale(max_value=10)``).
+EXPERT_VALUE_CLIP = 10.0

@@ -10,7 +10,7 @@ from scvi import REGISTRY_KEYS
 from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 from torch import nn
 
-from scrobust_sc._constants import GENE_SELECTIONS
+from scrobust_sc._constants import EXPERT_VALUE_CLIP, GENE_SELECTIONS
 from scrobust_sc.nn import (
     GeneTransformer,
     masked_mse,
@@ -133,6 +133,10 @@ class SCRobustModule(BaseModuleClass):
         self.register_buffer("reference_threshold", torch.zeros(0))
         # median and calibration quantile of held-out cells' energy (-logsumexp of the logits)
         self.register_buffer("reference_energy", torch.zeros(0))
+        # the linear expert (a logistic regression fitted after fine-tuning); empty until then
+        self.register_buffer("expert_weight", torch.zeros(0, max(n_labels, 1)))
+        self.register_buffer("expert_bias", torch.zeros(0))
+        self.register_buffer("expert_scale", torch.zeros(0))
 
     # ---- inputs -----------------------------------------------------------------
     def _normalized(self, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -228,7 +232,8 @@ class SCRobustModule(BaseModuleClass):
         """
         if self.classifier is None:
             raise RuntimeError("This model has no classifier: register labels_key in setup_anndata.")
-        idx, vals, valid = self.select_genes(self._normalized(tensors), gene_selection, n_genes)
+        normalized = self._normalized(tensors)
+        idx, vals, valid = self.select_genes(normalized, gene_selection, n_genes)
         if self.training and token_dropout > 0:
             valid = valid & (torch.rand(valid.shape, device=valid.device) >= token_dropout)
             vals = vals * valid
@@ -236,6 +241,8 @@ class SCRobustModule(BaseModuleClass):
         logits = self.classifier(z)
         if self.gene_linear is not None:
             logits = logits + torch.einsum("bl,blk->bk", self._linear_values(idx, vals), self.gene_linear(idx))
+        if self.has_linear_expert:
+            logits = logits + self.expert_logits(normalized)
         return (logits, z) if return_embedding else logits
 
     def _linear_values(self, idx: torch.Tensor, vals: torch.Tensor) -> torch.Tensor:
@@ -245,6 +252,40 @@ class SCRobustModule(BaseModuleClass):
         if hasattr(self, "gene_linear_mask"):
             vals = vals * self.gene_linear_mask[idx]
         return vals
+
+    # ---- the linear expert --------------------------------------------------------
+    @property
+    def has_linear_expert(self) -> bool:
+        """Whether a fitted linear expert adds its logits to the classifier's."""
+        return self.expert_bias.numel() > 0
+
+    def set_linear_expert(self, weight: torch.Tensor, bias: torch.Tensor, scale: torch.Tensor) -> None:
+        """Store a fitted expert (:func:`~scrobust_sc.model.fit_linear_expert`'s arrays).
+
+        Examples
+        --------
+        >>> import torch
+        >>> module = SCRobustModule(3, 2, d_model=8, n_heads=2, n_view_genes=4)
+        >>> module.set_linear_expert(torch.ones(3, 2), torch.tensor([0.0, 1.0]), torch.tensor([1.0, 1.0, 0.0]))
+        >>> module.expert_logits(torch.tensor([[0.0, 1.0, 5.0]]) * 0).tolist()  # log1p(0) = 0: the bias
+        [[0.0, 1.0]]
+        """
+        device = self.expert_bias.device
+        self.expert_weight = torch.as_tensor(weight, dtype=torch.float32, device=device).clone()
+        self.expert_bias = torch.as_tensor(bias, dtype=torch.float32, device=device).clone()
+        self.expert_scale = torch.as_tensor(scale, dtype=torch.float32, device=device).clone()
+
+    def clear_linear_expert(self) -> None:
+        """Drop the expert (before fine-tuning, which makes it stale)."""
+        device = self.expert_bias.device
+        self.expert_weight = torch.zeros(0, self.expert_weight.shape[1], device=device)
+        self.expert_bias = torch.zeros(0, device=device)
+        self.expert_scale = torch.zeros(0, device=device)
+
+    def expert_logits(self, normalized: torch.Tensor) -> torch.Tensor:
+        """The expert's logits from :meth:`_normalized` values: clipped standardised ``log1p``."""
+        features = (torch.log1p(normalized) * self.expert_scale).clamp(max=EXPERT_VALUE_CLIP)
+        return features @ self.expert_weight + self.expert_bias
 
     # ---- novelty: how unlike every training type a cell looks ----------------------
     def set_reference(self, z: torch.Tensor, labels: torch.Tensor, *, k: int = 5, quantile: float = 0.95) -> None:
