@@ -33,6 +33,14 @@ def demo_subset(n_cells: int, n_genes: int, extra_genes=(), seed: int = 0):
     return adata[cells, np.sort(list(genes))].copy()
 
 
+def fine_tuned(adata, **train_kwargs):
+    """A TINY model fine-tuned for 2 epochs on ``adata`` (registered in place with its cell types)."""
+    scrobust.SCRobust.setup_anndata(adata, labels_key="cell_type")
+    model = scrobust.SCRobust(adata, **TINY)
+    model.train(max_epochs=2, enable_progress_bar=False, **train_kwargs)
+    return model
+
+
 def tiny_model(adata):
     """An untrained TINY model on a registered copy of ``adata`` (seed 0)."""
     scvi.settings.seed = 0

@@ -15,10 +15,8 @@ from scrobust_sc.data._splits import stratified_validation_split
 from scrobust_sc.model import fit_linear_expert
 from scrobust_sc.model._linear_expert import ABSENT_TYPE_LOGIT, expert_features, expert_rows
 
-from .conftest import TINY
+from .conftest import fine_tuned
 from .test_model_files import FIXTURE
-
-QUIET = {"enable_progress_bar": False}
 
 
 def _log_normalized(adata):
@@ -68,15 +66,8 @@ def test_a_capped_subset_keeps_every_type():
     np.testing.assert_array_equal(expert_rows(codes[:900], 1000), np.arange(900))
 
 
-def _fine_tuned(adata, **train_kwargs):
-    scrobust.SCRobust.setup_anndata(adata, labels_key="cell_type")
-    model = scrobust.SCRobust(adata, **TINY)
-    model.train(max_epochs=2, **QUIET, **train_kwargs)
-    return model
-
-
 def test_fine_tuning_fits_the_expert_on_the_cells_the_network_trained_on(small_pbmc, seeded):
-    model = _fine_tuned(small_pbmc)
+    model = fine_tuned(small_pbmc)
     assert model.module.has_linear_expert and model.train_params_["train"]["linear_expert"]
     codes = np.asarray(model.adata_manager.get_from_registry(REGISTRY_KEYS.LABELS_KEY)).ravel()
     train, _ = stratified_validation_split(codes, 0.1, seed=scvi.settings.seed or 0)
@@ -99,12 +90,12 @@ def test_fine_tuning_fits_the_expert_on_the_cells_the_network_trained_on(small_p
 
 
 def test_the_expert_can_be_turned_off(small_pbmc, seeded):
-    model = _fine_tuned(small_pbmc, linear_expert=False)
+    model = fine_tuned(small_pbmc, linear_expert=False)
     assert not model.module.has_linear_expert and not model.train_params_["train"]["linear_expert"]
 
 
 def test_the_expert_survives_save_and_load(small_pbmc, tmp_path, seeded):
-    model = _fine_tuned(small_pbmc)
+    model = fine_tuned(small_pbmc)
     model.save(tmp_path / "m")
     loaded = scrobust.SCRobust.load(tmp_path / "m")
     torch.testing.assert_close(loaded.module.expert_weight, model.module.expert_weight)

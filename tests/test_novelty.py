@@ -13,9 +13,7 @@ from scrobust_sc.data._splits import stratified_validation_split
 from scrobust_sc.module import SCRobustModule
 from scrobust_sc.module._module import DISTANCE_NOVELTY_SCALE, ENERGY_QUANTILE
 
-from .conftest import TINY
-
-QUIET = {"enable_progress_bar": False}
+from .conftest import fine_tuned
 
 
 def _module(n_labels: int = 3) -> SCRobustModule:
@@ -67,15 +65,8 @@ def test_clearing_the_reference_drops_the_energy_calibration():
     assert module.reference_energy.numel() == 0
 
 
-def _fine_tuned(adata, **train_kwargs):
-    scrobust.SCRobust.setup_anndata(adata, labels_key="cell_type")
-    model = scrobust.SCRobust(adata, **TINY)
-    model.train(max_epochs=2, **QUIET, **train_kwargs)
-    return model
-
-
 def test_fine_tuning_calibrates_the_energy_on_the_validation_cells(small_pbmc, seeded):
-    model = _fine_tuned(small_pbmc, validation_size=0.2)
+    model = fine_tuned(small_pbmc, validation_size=0.2)
     assert model.module.reference_energy.shape == (2,)
     median, upper = model.module.reference_energy.tolist()
     assert upper > median
@@ -92,7 +83,7 @@ def test_fine_tuning_calibrates_the_energy_on_the_validation_cells(small_pbmc, s
 def test_without_enough_validation_cells_novelty_is_the_distance_alone(small_pbmc, seeded, caplog):
     """Training cells would calibrate it too strictly: their logits are larger than new cells'."""
     with caplog.at_level(logging.INFO, logger="scrobust_sc"):
-        model = _fine_tuned(small_pbmc, validation_size=0)
+        model = fine_tuned(small_pbmc, validation_size=0)
     assert model.module.reference_energy.numel() == 0
     assert "too few" in caplog.text and "validation_size" in caplog.text
     with torch.inference_mode():
@@ -103,7 +94,7 @@ def test_without_enough_validation_cells_novelty_is_the_distance_alone(small_pbm
 
 
 def test_the_energy_calibration_survives_save_and_load(small_pbmc, tmp_path, seeded):
-    model = _fine_tuned(small_pbmc)
+    model = fine_tuned(small_pbmc)
     model.save(tmp_path / "m")
     loaded = scrobust.SCRobust.load(tmp_path / "m")
     torch.testing.assert_close(loaded.module.reference_energy, model.module.reference_energy)
