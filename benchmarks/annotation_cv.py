@@ -100,7 +100,8 @@ def _save_proba(args, fold: int, method: str, model, test) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         stem = f"{Path(args.data).stem}_{args.tag}_{method}_fold{fold}"
         model.predict(test, soft=True).to_csv(folder / f"{stem}.csv")
-        # the fine-tuning's validation cells (never fitted), as train() drew them
+        # the fine-tuning's validation cells, as train() drew them (the network never fitted them;
+        # the linear expert, refitted on every labelled cell, did)
         codes = np.asarray(model.adata_manager.get_from_registry(REGISTRY_KEYS.LABELS_KEY)).ravel()
         labelled = np.flatnonzero(codes < len(model.cell_types_))
         _, val_pos = stratified_validation_split(

@@ -66,17 +66,22 @@ def test_a_capped_subset_keeps_every_type():
     np.testing.assert_array_equal(expert_rows(codes[:900], 1000), np.arange(900))
 
 
-def test_fine_tuning_fits_the_expert_on_the_cells_the_network_trained_on(small_pbmc, seeded):
+def test_fine_tuning_refits_the_expert_on_every_labelled_cell(small_pbmc, seeded):
+    """Fitted first on the network's training cells (for the novelty calibration), then on all of them."""
     model = fine_tuned(small_pbmc)
     assert model.module.has_linear_expert and model.train_params_["train"]["linear_expert"]
     codes = np.asarray(model.adata_manager.get_from_registry(REGISTRY_KEYS.LABELS_KEY)).ravel()
-    train, _ = stratified_validation_split(codes, 0.1, seed=scvi.settings.seed or 0)
-    train = np.sort(train)
+    train, validation = stratified_validation_split(codes, 0.1, seed=scvi.settings.seed or 0)
+    assert validation.size > 0
     x = _log_normalized(small_pbmc)
     mask = getattr(model.module, "gene_linear_mask", None)
     genes = None if mask is None else mask.numpy() > 0
-    weight, bias, scale = fit_linear_expert(x[train], codes[train], model.module.n_labels, genes)
-    expected = expert_features(x, scale) @ weight + bias
+
+    def expert_fitted_on(cells):
+        weight, bias, scale = fit_linear_expert(x[cells], codes[cells], model.module.n_labels, genes)
+        return expert_features(x, scale) @ weight + bias
+
+    expected, training_only = expert_fitted_on(np.arange(codes.size)), expert_fitted_on(np.sort(train))
     with torch.inference_mode():
         batch = next(iter(model._batches(small_pbmc, None, 256)))
         with_expert = model._classify_batch(batch)[0]
@@ -86,6 +91,7 @@ def test_fine_tuning_fits_the_expert_on_the_cells_the_network_trained_on(small_p
     # float32 values from torch, float64 from scanpy: the solver stops a little apart
     np.testing.assert_allclose(expert.numpy(), expected, atol=0.1)
     assert (expert.numpy().argmax(1) == expected.argmax(1)).mean() > 0.99
+    assert np.abs(expert.numpy() - training_only).max() > 5 * np.abs(expert.numpy() - expected).max()
     torch.testing.assert_close(with_expert, without + expert)
 
 

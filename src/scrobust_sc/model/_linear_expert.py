@@ -5,9 +5,10 @@ AdamW on each cell's input genes; on types of a handful of cells it stays short 
 converged logistic regression (baron_mouse1: macro-F1 0.80 vs 0.89). The expert is that
 logistic regression: the cell's log-normalised values of the linear path's genes, each
 divided by its spread over the training cells and clipped at
-:data:`EXPERT_VALUE_CLIP`, fitted with L-BFGS after fine-tuning on the cells the network
-trained on. Adding its logits to the network's multiplies the two models' probabilities
-(a product of experts): a type wins where both agree, and either can veto the other's
+:data:`EXPERT_VALUE_CLIP`, fitted with L-BFGS after fine-tuning: on the cells the network
+trained on, for the novelty calibration on the validation cells, then on every labelled
+cell. Adding its logits to the network's multiplies the two models' probabilities (a
+product of experts): a type wins where both agree, and either can veto the other's
 confident mistake.
 """
 

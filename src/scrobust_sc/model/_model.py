@@ -780,8 +780,10 @@ class SCRobust(BaseModelClass):
         linear_expert
             After fine-tuning, fit a logistic regression on the linear path's genes
             (standardised, clipped ``log1p`` values of every gene, not only the input genes)
-            on the cells the network trained on, and add its logits to the network's: a
-            product of the two models' probabilities. ``None`` (default): on for RNA, off
+            and add its logits to the network's: a product of the two models'
+            probabilities. It is fitted on the cells the network trained on for the
+            novelty calibration, which reads the validation cells, then refitted on every
+            labelled cell. ``None`` (default): on for RNA, off
             for scATAC (not measured there). Seconds on the shared references; it lifts
             macro-F1 where the network alone misses types of a handful of cells
             (``docs/design.md``, "The linear expert").
@@ -881,6 +883,10 @@ class SCRobust(BaseModelClass):
         if linear_expert:
             self._fit_linear_expert(train_idx, codes[train_idx])
         self._store_reference(train_idx, codes[train_idx], val_idx)
+        if linear_expert and val_idx.size:
+            # The calibration above read validation cells that neither model fitted; now the
+            # expert may learn from them too (the network keeps its best epoch as it is).
+            self._fit_linear_expert(labelled, codes[labelled])
         self.is_fine_tuned_ = True
 
     @torch.inference_mode()
