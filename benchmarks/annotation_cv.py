@@ -6,7 +6,13 @@ With the linear expert (the default), the same network is also scored without it
 Folds: StratifiedKFold(5, shuffle=True, random_state=0) on obs["cell_type"], as in
 shared/data/BASELINES.md. Writes one JSON per run under benchmarks/results/.
 
+``--peers`` adds methods of the benchmark harness (``scrobust_sc.benchmark.METHODS``) on
+these folds: the harness keeps types of fewer than 5 cells in training only, so on
+references such as baron_mouse1 its own folds differ from BASELINES.md's.
+
     .venv/bin/python benchmarks/annotation_cv.py --data ../shared/data/baron_mouse1.h5ad --folds 0 1 2 3 4
+    .venv/bin/python benchmarks/annotation_cv.py --data ../shared/data/baron_mouse1.h5ad --peers scanvi \
+        --skip-scrobust --tag scanvi
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from sklearn.metrics import f1_score
 from sklearn.model_selection import StratifiedKFold
 
 import scrobust_sc as scrobust
-from scrobust_sc.benchmark import logistic_regression_baseline
+from scrobust_sc.benchmark import METHODS, logistic_regression_baseline
 from scrobust_sc.data._splits import stratified_validation_split
 
 
@@ -44,7 +50,12 @@ def main() -> None:
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     parser.add_argument("--tag", default="default")
     parser.add_argument("--save-proba", default=None, help="folder for each fold's test probabilities (CSV)")
+    parser.add_argument("--peers", default="", help="comma-separated harness methods to run too, e.g. scanvi")
+    parser.add_argument("--skip-scrobust", action="store_true", help="run only the peers")
     args = parser.parse_args()
+    unknown = sorted(set(filter(None, args.peers.split(","))) - set(METHODS))
+    if unknown:
+        parser.error(f"unknown peers {unknown}; choose from {sorted(METHODS)}")
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     torch.set_num_threads(args.threads)
     adata = ad.read_h5ad(args.data)
@@ -57,6 +68,13 @@ def main() -> None:
         t = time.perf_counter()
         pred = logistic_regression_baseline(train, test, args.labels_key)
         rows.append(_row("logreg", k, y[test_idx], pred, time.perf_counter() - t))
+        for peer in filter(None, args.peers.split(",")):
+            t = time.perf_counter()
+            pred = METHODS[peer](train, test, args.labels_key, seed=0).labels
+            rows.append(_row(peer, k, y[test_idx], pred, time.perf_counter() - t))
+        if args.skip_scrobust:
+            print(*[r for r in rows if r["fold"] == k], flush=True)
+            continue
         scvi.settings.seed = 0
         t = time.perf_counter()
         model = scrobust.tl.fit_annotator(
