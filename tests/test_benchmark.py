@@ -99,6 +99,11 @@ def test_bad_protocol_methods_and_split_key_are_refused():
         benchmark.run_benchmark(adata, methods=["seurat"])
     with pytest.raises(ValueError, match="split_key"):
         benchmark.run_benchmark(adata, protocol="cross", methods=["logreg"], quick=True)
+    # a misspelt or unsupported scRobust option is refused before any method runs, not ignored
+    with pytest.raises(ValueError, match=r"Unknown scrobust_options \['threads'\].*train_kwargs"):
+        benchmark.run_benchmark(adata, methods=["logreg"], scrobust_options={"threads": 1, "pretrain": False})
+    with pytest.raises(ValueError, match="Unknown scrobust_options"):
+        benchmark.run_benchmark(adata, protocol="ablation", scrobust_options={"train_kwarg": {}})
 
 
 def test_novel_protocol_scores_each_held_out_type():
@@ -138,6 +143,8 @@ def test_benchmark_command_reports_bad_options(tmp_path, capsys):
     assert "labels column 'nope'" in capsys.readouterr().err
     assert main(["benchmark", "--data", str(data), "--scrobust-options", "{", "--out", str(tmp_path)]) == 2
     assert "not valid JSON" in capsys.readouterr().err
+    assert main(["benchmark", "--data", str(data), "--scrobust-options", '{"epochs": 3}', "--out", str(tmp_path)]) == 2
+    assert "Unknown scrobust_options ['epochs']" in capsys.readouterr().err
 
 
 def test_atac_benchmark_runs_scrobust_and_the_peak_peers(one_thread):

@@ -156,6 +156,10 @@ def _cmd_benchmark(args) -> None:
         options = json.loads(args.scrobust_options)
     except json.JSONDecodeError as err:
         raise CLIError(f"--scrobust-options is not valid JSON: {err}") from None
+    try:
+        benchmark.check_scrobust_options(options)
+    except ValueError as err:
+        raise CLIError(f"--scrobust-options: {err}") from None
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -341,6 +341,44 @@ QUICK_SCROBUST = {
 }
 
 
+#: Keys that :func:`scrobust_method` reads from its ``options``
+SCROBUST_OPTIONS = ("pretrain", "model_kwargs", "pretrain_kwargs", "train_kwargs", "setup_kwargs")
+
+
+def check_scrobust_options(options: dict | None) -> None:
+    """Refuse scRobust options that :func:`scrobust_method` would not read.
+
+    Parameters
+    ----------
+    options
+        ``None`` or a dict whose keys are in :data:`SCROBUST_OPTIONS`.
+
+    Raises
+    ------
+    ValueError
+        If ``options`` is not a dict, or names a key that would otherwise be ignored
+        silently (a misspelling such as ``"train_kwarg"``, or ``"threads"``).
+
+    Examples
+    --------
+    >>> check_scrobust_options({"pretrain": False, "train_kwargs": {"max_epochs": 5}})
+    >>> check_scrobust_options({"epochs": 5})
+    Traceback (most recent call last):
+    ...
+    ValueError: Unknown scrobust_options ['epochs']; ...
+    """
+    if options is None:
+        return
+    if not isinstance(options, dict):
+        raise ValueError(f"scrobust_options must be a dict (a JSON object), not {type(options).__name__}.")
+    unknown = sorted(set(options) - set(SCROBUST_OPTIONS))
+    if unknown:
+        raise ValueError(
+            f"Unknown scrobust_options {unknown}; use {list(SCROBUST_OPTIONS)} "
+            '(training settings go in train_kwargs, e.g. {"train_kwargs": {"max_epochs": 5}}).'
+        )
+
+
 def scrobust_method(
     train: ad.AnnData,
     test: ad.AnnData,
@@ -368,6 +406,7 @@ def scrobust_method(
     from scrobust_sc.tl import fit_annotator
     from scrobust_sc.tl._annotate import DEFAULT_NOVELTY_THRESHOLD
 
+    check_scrobust_options(options)
     options = dict(options or {})
     base = QUICK_SCROBUST if quick else {}
     kwargs = {

@@ -12,7 +12,7 @@ import pandas as pd
 
 from scrobust_sc.pp import add_dropout
 
-from ._methods import ABLATION_VARIANTS, METHODS, Prediction
+from ._methods import ABLATION_VARIANTS, METHODS, Prediction, check_scrobust_options
 from ._metrics import classification_scores, novel_type_scores
 from ._splits import Split, cross_splits, cv_splits, novel_splits
 
@@ -152,6 +152,7 @@ def run_benchmark(
     if labels_key not in adata.obs.columns:
         columns = list(adata.obs.columns)
         raise ValueError(f"labels_key={labels_key!r} is not a column of adata.obs (columns: {columns}).")
+    check_scrobust_options(scrobust_options)
     if protocol == "ablation":
         variants = {name: {**(scrobust_options or {}), **opts} for name, opts in ABLATION_VARIANTS.items()}
         runs = [(name, "scrobust", opts) for name, opts in variants.items()]
