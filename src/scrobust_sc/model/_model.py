@@ -783,9 +783,9 @@ class SCRobust(BaseModelClass):
             and add its logits to the network's: a product of the two models'
             probabilities. It is fitted on the cells the network trained on for the
             novelty calibration, which reads the validation cells, then refitted on every
-            labelled cell. ``None`` (default): on for RNA, off
-            for scATAC (not measured there). Seconds on the shared references; it lifts
-            macro-F1 where the network alone misses types of a handful of cells
+            labelled cell. ``None`` (default) is on, for genes and for peaks; ``False``
+            turns it off. Seconds on the shared references; it lifts macro-F1 where the
+            network alone misses types of a handful of cells, and on scATAC peaks
             (``docs/design.md``, "The linear expert").
         accelerator, devices, plan_kwargs, datasplitter_kwargs, checkpoint_dir, resume, **trainer_kwargs
             As in :meth:`pretrain`; the checkpoint also holds the best validation epoch so far.
@@ -823,7 +823,7 @@ class SCRobust(BaseModelClass):
         self.module.clear_reference()  # stale once the weights change; empty, as checkpoints expect
         self.module.clear_linear_expert()
         if linear_expert is None:
-            linear_expert = self.module.modality == "rna"
+            linear_expert = True
         for p in self.module.encoder.parameters():
             p.requires_grad_(not freeze_encoder)
         plan = ClassifierPlan(
