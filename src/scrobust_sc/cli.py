@@ -273,7 +273,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--split-key", default=None, help="obs column to cross (protocol cross), e.g. platform")
     p.add_argument("--dropout-rates", type=float, nargs="+", default=[0.3, 0.5])
-    p.add_argument("--scrobust-options", default="{}", help="JSON: pretrain, model/pretrain/train_kwargs")
+    p.add_argument(
+        "--scrobust-options",
+        default="{}",
+        help="JSON object: pretrain, model_kwargs, pretrain_kwargs, train_kwargs, setup_kwargs (others refused)",
+    )
     p.add_argument("--modality", default="rna", choices=["rna", "atac"], help="genes or peaks")
     p.add_argument("--peer-features", type=int, default=2000, help="HVGs or peaks read by logreg and knn (0: all)")
     p.add_argument("--quick", action="store_true", help="tiny configuration that checks the harness")
