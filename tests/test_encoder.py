@@ -51,15 +51,29 @@ def test_published_one_layer_pre_ln_encoder_is_blind_to_values():
     torch.testing.assert_close(enc(idx, values, valid), enc(idx, values * 5.0, valid), rtol=1e-4, atol=1e-4)
 
 
-def test_cls_only_last_layer_equals_full_computation():
+@pytest.mark.parametrize("n_layers", [1, 2])
+@pytest.mark.parametrize("norm_first", [True, False])
+def test_cls_only_last_layer_equals_full_computation(n_layers, norm_first):
+    # the encoder's last block attends from the CLS alone, with its own kernel: outputs,
+    # attention and gradients must be those of every block run in full on the whole sequence
     torch.manual_seed(0)
-    enc = GeneTransformer(20, 16, 2, 2).eval()
+    enc = GeneTransformer(20, 16, 2, n_layers, dropout=0.0, norm_first=norm_first)
     idx, values, valid = _inputs()
+    valid[1, 5:] = False  # padding in one cell
     x = enc.embedding(idx, values)
-    keep = torch.ones(3, 8, dtype=torch.bool)
-    for block in enc.blocks:
-        x, _ = block(x, keep)
-    torch.testing.assert_close(enc(idx, values, valid), x[:, 0])
+    keep = torch.cat([torch.ones(3, 1, dtype=torch.bool), valid], dim=1)
+    for i, block in enumerate(enc.blocks):
+        x, attn = block(x, keep, return_attention=i == n_layers - 1)
+    full = x[:, 0]
+    grads_full = torch.autograd.grad(full.square().sum(), list(enc.parameters()), allow_unused=True)
+    fast, fast_attn = enc(idx, values, valid, return_attention=True)
+    grads_fast = torch.autograd.grad(fast.square().sum(), list(enc.parameters()), allow_unused=True)
+    torch.testing.assert_close(fast, full, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fast_attn, attn[:, 1:], rtol=1e-5, atol=1e-6)
+    for a, b in zip(grads_fast, grads_full, strict=True):
+        if b is None:  # the token outputs of the last block's feed-forward are never computed
+            continue
+        torch.testing.assert_close(a if a is not None else torch.zeros_like(b), b, rtol=1e-4, atol=1e-5)
 
 
 def test_attention_is_a_distribution_over_tokens():

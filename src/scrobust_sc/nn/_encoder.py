@@ -47,12 +47,31 @@ class GeneTokenEmbedding(nn.Module):
 
     def forward(self, gene_idx: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         """Embed ``(B, L)`` genes with values and prepend the CLS token: ``(B, L + 1, d)``."""
-        unit = F.normalize(self.weight, dim=-1)
-        tokens = unit[gene_idx + N_SPECIAL_TOKENS] * values.unsqueeze(-1)
-        if self.value_encoding == "mlp":
-            tokens = tokens + self.value_mlp(values.unsqueeze(-1))
-        cls = unit[CLS_TOKEN].expand(gene_idx.shape[0], 1, -1)
+        cls, tokens = self.parts(gene_idx, values)
         return torch.cat([cls, tokens], dim=1)
+
+    def parts(self, gene_idx: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The CLS token ``(B, 1, d)`` and the gene tokens ``(B, L, d)``, not concatenated.
+
+        Only the selected rows are normalised (not the whole vocabulary), and the value
+        scaling and the value encoding are added in one fused operation.
+
+        Examples
+        --------
+        >>> import torch
+        >>> emb = GeneTokenEmbedding(10, 4)
+        >>> cls, tokens = emb.parts(torch.tensor([[1, 7]]), torch.tensor([[0.5, 2.0]]))
+        >>> cls.shape, tokens.shape
+        (torch.Size([1, 1, 4]), torch.Size([1, 2, 4]))
+        """
+        rows = self.weight[gene_idx + N_SPECIAL_TOKENS]
+        scale = (values / torch.linalg.vector_norm(rows, dim=-1).clamp_min(1e-12)).unsqueeze(-1)
+        if self.value_encoding == "mlp":
+            tokens = torch.addcmul(self.value_mlp(values.unsqueeze(-1)), rows, scale)
+        else:
+            tokens = rows * scale
+        cls = F.normalize(self.weight[CLS_TOKEN], dim=-1).expand(gene_idx.shape[0], 1, -1)
+        return cls, tokens
 
 
 class EncoderBlock(nn.Module):
@@ -86,23 +105,45 @@ class EncoderBlock(nn.Module):
         b, length, d = t.shape
         return t.view(b, length, self.n_heads, d // self.n_heads).transpose(1, 2)
 
-    def _attention(self, h: torch.Tensor, keep: torch.Tensor, cls_only: bool, return_attention: bool):
+    def _attention(self, h: torch.Tensor, keep: torch.Tensor, return_attention: bool):
+        """Self-attention of every token (``scaled_dot_product_attention``)."""
         d = h.shape[-1]
-        w, b = self.in_proj.weight, self.in_proj.bias
-        q_in = h[:, :1] if cls_only else h
-        q = self._heads(F.linear(q_in, w[:d], b[:d]))
-        k, v = F.linear(h, w[d:], b[d:]).chunk(2, dim=-1)
-        k, v = self._heads(k), self._heads(v)
+        q, k, v = (self._heads(t) for t in F.linear(h, self.in_proj.weight, self.in_proj.bias).chunk(3, dim=-1))
         mask = keep[:, None, None, :]
         p = self.dropout if self.training else 0.0
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
-        out = self.out_proj(out.transpose(1, 2).reshape(q_in.shape))
+        out = self.out_proj(out.transpose(1, 2).reshape(h.shape))
         attn = None
         if return_attention:
-            scores = (q[:, :, :1] @ k.transpose(-1, -2)) / (k.shape[-1] ** 0.5)
-            scores = scores.masked_fill(~mask, float("-inf"))
-            attn = scores.softmax(dim=-1).mean(dim=1)[:, 0]
+            scores = (q[:, :, :1] @ k.transpose(-1, -2)) / ((d // self.n_heads) ** 0.5)
+            attn = scores.masked_fill(~mask, float("-inf")).softmax(dim=-1).mean(dim=1)[:, 0]
         return out, attn
+
+    def _cls_attention(self, h_cls: torch.Tensor, h_tokens: torch.Tensor, valid: torch.Tensor):
+        """Attention of the CLS query alone over the CLS and the gene tokens.
+
+        With one query per head the key and value projections are folded into it instead of
+        applied to every token: a head's scores are ``h @ (W_k^T q)`` and its output is
+        ``W_v (p^T h)``, so the tokens meet only ``(d, heads)``-sized matrices, ``O(L d
+        heads)`` work instead of the ``O(L d^2)`` of projecting every token. The key bias
+        shifts every score of a head alike (the softmax cancels it) and the value bias adds
+        ``b_v`` times the attention's sum. Returns the ``(B, 1, d)`` output and the
+        attention ``(B, L + 1, heads)``, CLS first.
+        """
+        d, heads = h_cls.shape[-1], self.n_heads
+        e = d // heads
+        w, b = self.in_proj.weight, self.in_proj.bias
+        q = (F.linear(h_cls[:, 0], w[:d], b[:d]) * e**-0.5).view(-1, heads, e)
+        # (B, d, heads): column h is W_k[h]^T q[:, h], the query read in the tokens' space
+        query = torch.bmm(q.transpose(0, 1), w[d : 2 * d].view(heads, e, d)).permute(1, 2, 0)
+        scores = torch.cat([torch.bmm(h_cls, query), torch.bmm(h_tokens, query)], dim=1)
+        keep = torch.cat([torch.ones_like(valid[:, :1]), valid], dim=1)
+        attn = scores.masked_fill(~keep.unsqueeze(-1), float("-inf")).softmax(dim=1)
+        p = F.dropout(attn, self.dropout, self.training)
+        pooled = torch.bmm(p[:, :1].transpose(1, 2), h_cls) + torch.bmm(p[:, 1:].transpose(1, 2), h_tokens)
+        out = torch.bmm(pooled.transpose(0, 1), w[2 * d :].view(heads, e, d).transpose(1, 2)).transpose(0, 1)
+        out = out + b[2 * d :].view(heads, e) * p.sum(dim=1).unsqueeze(-1)
+        return self.out_proj(out.reshape(-1, 1, d)), attn
 
     def forward(
         self, x: torch.Tensor, keep: torch.Tensor, *, cls_only: bool = False, return_attention: bool = False
@@ -116,20 +157,60 @@ class EncoderBlock(nn.Module):
         keep
             ``(B, L)`` True for real tokens, False for padding.
         cls_only
-            Compute the output of the CLS position only (keys and values from all tokens).
+            Compute the output of the CLS position only (keys and values from all tokens);
+            see :meth:`cls_forward`.
         return_attention
             Also return the CLS query's attention over tokens, averaged over heads ``(B, L)``.
         """
-        residual = x[:, :1] if cls_only else x
+        if cls_only:
+            return self.cls_forward(x[:, :1], x[:, 1:], keep[:, 1:], return_attention=return_attention)
         if self.norm_first:
-            a, attn = self._attention(self.norm1(x), keep, cls_only, return_attention)
-            y = residual + self.drop(a)
+            a, attn = self._attention(self.norm1(x), keep, return_attention)
+            y = x + self.drop(a)
             y = y + self.drop(self.ffn(self.norm2(y)))
         else:
-            a, attn = self._attention(x, keep, cls_only, return_attention)
-            y = self.norm1(residual + self.drop(a))
+            a, attn = self._attention(x, keep, return_attention)
+            y = self.norm1(x + self.drop(a))
             y = self.norm2(y + self.drop(self.ffn(y)))
         return y, attn
+
+    def cls_forward(
+        self, cls: torch.Tensor, tokens: torch.Tensor, valid: torch.Tensor, *, return_attention: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The block's output at the CLS position only, from the CLS and the gene tokens apart.
+
+        The same as ``forward(cat([cls, tokens]), keep)[:, :1]``, without concatenating the
+        tokens or computing their outputs: the last block of the encoder needs no more.
+
+        Parameters
+        ----------
+        cls
+            ``(B, 1, d)`` CLS token.
+        tokens
+            ``(B, L, d)`` gene tokens.
+        valid
+            ``(B, L)`` True for real genes, False for padding.
+        return_attention
+            Also return the CLS attention over ``[CLS, genes]``, averaged over heads ``(B, L + 1)``.
+
+        Examples
+        --------
+        >>> import torch
+        >>> block = EncoderBlock(8, 2).eval()
+        >>> x, keep = torch.randn(2, 4, 8), torch.ones(2, 4, dtype=torch.bool)
+        >>> y, _ = block.cls_forward(x[:, :1], x[:, 1:], keep[:, 1:])
+        >>> torch.allclose(y, block(x, keep)[0][:, :1], atol=1e-5)
+        True
+        """
+        if self.norm_first:
+            a, attn = self._cls_attention(self.norm1(cls), self.norm1(tokens), valid)
+            y = cls + self.drop(a)
+            y = y + self.drop(self.ffn(self.norm2(y)))
+        else:
+            a, attn = self._cls_attention(cls, tokens, valid)
+            y = self.norm1(cls + self.drop(a))
+            y = self.norm2(y + self.drop(self.ffn(y)))
+        return y, attn.mean(dim=-1) if return_attention else None
 
 
 class GeneTransformer(nn.Module):
@@ -210,18 +291,20 @@ class GeneTransformer(nn.Module):
 
     def _forward(self, gene_idx, values, valid, layer: int, return_attention: bool):
         last = self._resolve_layer(layer)
-        x = self.embedding(gene_idx, values)
-        keep = torch.cat([torch.ones_like(valid[:, :1]), valid], dim=1)
-        attn = None
-        for i in range(last + 1):
-            cls_only = i == last
-            if cls_only and self.pooling == "cls_mean":
-                w = valid.unsqueeze(-1).to(x.dtype)
-                pooled = (self.pool_norm(x[:, 1:]) * w).sum(1) / w.sum(1).clamp_min(1.0)
-            x, attn = self.blocks[i](x, keep, cls_only=cls_only, return_attention=return_attention and cls_only)
-        cls = x[:, 0]
+        cls, tokens = self.embedding.parts(gene_idx, values)
+        if last > 0:  # full blocks before the last; the last computes the CLS output alone
+            x = torch.cat([cls, tokens], dim=1)
+            keep = torch.cat([torch.ones_like(valid[:, :1]), valid], dim=1)
+            for block in self.blocks[:last]:
+                x, _ = block(x, keep)
+            cls, tokens = x[:, :1], x[:, 1:]
         if self.pooling == "cls_mean":
-            cls = cls + self.pool_proj(pooled)
+            w = valid.unsqueeze(-1).to(tokens.dtype)
+            pooled = (self.pool_norm(tokens) * w).sum(1) / w.sum(1).clamp_min(1.0)
+        out, attn = self.blocks[last].cls_forward(cls, tokens, valid, return_attention=return_attention)
+        out = out[:, 0]
+        if self.pooling == "cls_mean":
+            out = out + self.pool_proj(pooled)
         if return_attention:
-            return cls, attn[:, 1:]
-        return cls
+            return out, attn[:, 1:]
+        return out
