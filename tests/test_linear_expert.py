@@ -6,6 +6,7 @@ import pytest
 import scanpy as sc
 import scvi
 import torch
+from scipy import sparse
 from scvi import REGISTRY_KEYS
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
@@ -73,25 +74,26 @@ def test_fine_tuning_refits_the_expert_on_every_labelled_cell(small_pbmc, seeded
     codes = np.asarray(model.adata_manager.get_from_registry(REGISTRY_KEYS.LABELS_KEY)).ravel()
     train, validation = stratified_validation_split(codes, 0.1, seed=scvi.settings.seed or 0)
     assert validation.size > 0
-    x = _log_normalized(small_pbmc)
     mask = getattr(model.module, "gene_linear_mask", None)
     genes = None if mask is None else mask.numpy() > 0
+    with torch.inference_mode():
+        batch = next(iter(model._batches(small_pbmc, None, 256)))
+        # the values the model's own fit read (float32 log1p of its normalisation): the solver
+        # then sees the same numbers, so its stopping point cannot differ between machines
+        x = sparse.csr_matrix(torch.log1p(model.module._normalized(batch)).numpy())
+        with_expert = model._classify_batch(batch)[0]
+        expert = model.module.expert_logits(model.module._normalized(batch))
+        model.module.clear_linear_expert()
+        without = model._classify_batch(batch)[0]
+    assert x.shape[0] == codes.size
 
     def expert_fitted_on(cells):
         weight, bias, scale = fit_linear_expert(x[cells], codes[cells], model.module.n_labels, genes)
         return expert_features(x, scale) @ weight + bias
 
     expected, training_only = expert_fitted_on(np.arange(codes.size)), expert_fitted_on(np.sort(train))
-    with torch.inference_mode():
-        batch = next(iter(model._batches(small_pbmc, None, 256)))
-        with_expert = model._classify_batch(batch)[0]
-        expert = model.module.expert_logits(model.module._normalized(batch))
-        model.module.clear_linear_expert()
-        without = model._classify_batch(batch)[0]
-    # float32 values from torch, float64 from scanpy: the solver stops a little apart
-    np.testing.assert_allclose(expert.numpy(), expected, atol=0.1)
-    assert (expert.numpy().argmax(1) == expected.argmax(1)).mean() > 0.99
-    assert np.abs(expert.numpy() - training_only).max() > 5 * np.abs(expert.numpy() - expected).max()
+    np.testing.assert_allclose(expert.numpy(), expected, atol=1e-3)
+    assert np.abs(expert.numpy() - training_only).max() > 100 * np.abs(expert.numpy() - expected).max()
     torch.testing.assert_close(with_expert, without + expert)
 
 
