@@ -3,6 +3,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from scrobust_sc._constants import CLS_TOKEN, N_SPECIAL_TOKENS
 from scrobust_sc.nn import GeneTransformer
 
 
@@ -117,3 +118,18 @@ def test_inference_in_chunks_equals_the_whole_batch(n_layers, monkeypatch):
     calls.clear()
     enc(idx, values, valid).sum().backward()  # training keeps the batch whole for autograd
     assert calls == [10]
+
+
+@pytest.mark.parametrize("value_encoding", ["mlp", "published"])
+def test_embedding_parts_are_the_published_token_and_the_value_encoding(value_encoding):
+    # only the selected rows are normalised now; the tokens must stay x * W[g] / ||W[g]|| (+ f(x))
+    torch.manual_seed(0)
+    enc = GeneTransformer(20, 16, 2, 1, value_encoding=value_encoding)
+    idx, values, _ = _inputs()
+    cls, tokens = enc.embedding.parts(idx, values)
+    unit = torch.nn.functional.normalize(enc.embedding.weight, dim=-1)
+    expected = unit[idx + N_SPECIAL_TOKENS] * values.unsqueeze(-1)
+    if value_encoding == "mlp":
+        expected = expected + enc.embedding.value_mlp(values.unsqueeze(-1))
+    torch.testing.assert_close(tokens, expected)
+    torch.testing.assert_close(cls, unit[CLS_TOKEN].expand(3, 1, -1))

@@ -164,15 +164,20 @@ class EncoderBlock(nn.Module):
         """
         if cls_only:
             return self.cls_forward(x[:, :1], x[:, 1:], keep[:, 1:], return_attention=return_attention)
+        a, attn = self._attention(self._attention_input(x), keep, return_attention)
+        return self._after_attention(x, a), attn
+
+    def _attention_input(self, x: torch.Tensor) -> torch.Tensor:
+        """What the attention reads: the normalised tokens (pre-LN) or the tokens (post-LN)."""
+        return self.norm1(x) if self.norm_first else x
+
+    def _after_attention(self, residual: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        """The residual connections, LayerNorms and feed-forward around the attention output ``a``."""
         if self.norm_first:
-            a, attn = self._attention(self.norm1(x), keep, return_attention)
-            y = x + self.drop(a)
-            y = y + self.drop(self.ffn(self.norm2(y)))
-        else:
-            a, attn = self._attention(x, keep, return_attention)
-            y = self.norm1(x + self.drop(a))
-            y = self.norm2(y + self.drop(self.ffn(y)))
-        return y, attn
+            y = residual + self.drop(a)
+            return y + self.drop(self.ffn(self.norm2(y)))
+        y = self.norm1(residual + self.drop(a))
+        return self.norm2(y + self.drop(self.ffn(y)))
 
     def cls_forward(
         self, cls: torch.Tensor, tokens: torch.Tensor, valid: torch.Tensor, *, return_attention: bool = False
@@ -202,15 +207,8 @@ class EncoderBlock(nn.Module):
         >>> torch.allclose(y, block(x, keep)[0][:, :1], atol=1e-5)
         True
         """
-        if self.norm_first:
-            a, attn = self._cls_attention(self.norm1(cls), self.norm1(tokens), valid)
-            y = cls + self.drop(a)
-            y = y + self.drop(self.ffn(self.norm2(y)))
-        else:
-            a, attn = self._cls_attention(cls, tokens, valid)
-            y = self.norm1(cls + self.drop(a))
-            y = self.norm2(y + self.drop(self.ffn(y)))
-        return y, attn.mean(dim=-1) if return_attention else None
+        a, attn = self._cls_attention(self._attention_input(cls), self._attention_input(tokens), valid)
+        return self._after_attention(cls, a), attn.mean(dim=-1) if return_attention else None
 
 
 class GeneTransformer(nn.Module):
