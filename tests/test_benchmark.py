@@ -264,3 +264,47 @@ def test_celltypist_reads_log2_scaled_input_as_it_reads_the_counts(caplog):
     assert "log2" in caplog.text
     np.testing.assert_array_equal(from_log2.labels, from_counts.labels)
     np.testing.assert_array_equal(from_log2.rejected, from_counts.rejected)
+
+
+def test_hide_labels_hides_exactly_the_given_cells_and_leaves_the_input_alone():
+    adata = scrobust.data.pbmc_demo()
+    before = adata.obs["cell_type"].copy()
+    cells = np.arange(0, adata.n_obs, 3)
+    work = benchmark.hide_labels(adata, cells, "cell_type")
+    hidden = work.obs["cell_type"].isna().to_numpy()
+    assert np.flatnonzero(hidden).tolist() == cells.tolist()
+    kept = ~hidden
+    assert (work.obs["cell_type"][kept].astype(str) == before[kept].astype(str)).all()
+    assert adata.obs["cell_type"].equals(before)
+    with pytest.raises(ValueError, match="not a column"):
+        benchmark.hide_labels(adata, cells, "celltype")
+
+
+def test_pretrain_on_test_pretrains_on_the_test_cells_without_their_labels(monkeypatch):
+    import scrobust_sc.tl as tl
+
+    adata = scrobust.data.pbmc_demo()
+    train, test = adata[:400].copy(), adata[400:].copy()
+    seen = {}
+    real_fit = tl.fit_annotator
+
+    def spy(reference, labels_key, **kwargs):
+        seen[kwargs["pretrain"]] = reference
+        return real_fit(reference, labels_key, **kwargs)
+
+    monkeypatch.setattr(tl, "fit_annotator", spy)
+    for pretrain in (True, False):
+        options = {"pretrain": pretrain, "pretrain_on_test": True}
+        benchmark.scrobust_method(train, test, "cell_type", quick=True, options=options)
+    both = seen[True]
+    assert both.n_obs == train.n_obs + test.n_obs
+    assert both.obs["cell_type"].iloc[train.n_obs :].isna().all()
+    assert (
+        both.obs["cell_type"].iloc[: train.n_obs].astype(str).to_numpy() == train.obs["cell_type"].astype(str)
+    ).all()
+    x = both.X.toarray() if hasattr(both.X, "toarray") else both.X
+    test_x = test.X.toarray() if hasattr(test.X, "toarray") else test.X
+    np.testing.assert_array_equal(x[train.n_obs :], test_x)
+    assert seen[False] is train  # nothing to pre-train: the test cells are not needed
+    with pytest.raises(ValueError, match="same features"):
+        benchmark.with_unlabelled_cells(train, test[:, ::-1], "cell_type")

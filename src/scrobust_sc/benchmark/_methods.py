@@ -342,7 +342,7 @@ QUICK_SCROBUST = {
 
 
 #: Keys that :func:`scrobust_method` reads from its ``options``
-SCROBUST_OPTIONS = ("pretrain", "model_kwargs", "pretrain_kwargs", "train_kwargs", "setup_kwargs")
+SCROBUST_OPTIONS = ("pretrain", "pretrain_on_test", "model_kwargs", "pretrain_kwargs", "train_kwargs", "setup_kwargs")
 
 
 def check_scrobust_options(options: dict | None) -> None:
@@ -392,7 +392,10 @@ def scrobust_method(
 ):
     """Run scRobust through :func:`scrobust_sc.tl.fit_annotator` with the package defaults.
 
-    ``options`` may hold ``pretrain`` (bool), ``model_kwargs``, ``pretrain_kwargs``,
+    ``options`` may hold ``pretrain`` (bool), ``pretrain_on_test`` (bool: pre-train on the
+    training and the test cells, the test labels hidden, as scANVI sees the test cells and
+    as ``tl.annotate(adata, labels_key=...)`` pre-trains on unlabelled cells; fine-tuning
+    still reads the training labels only), ``model_kwargs``, ``pretrain_kwargs``,
     ``train_kwargs`` and ``setup_kwargs`` (e.g. ``{"atac_values": "tfidf"}``); ``quick``
     shrinks the model and the training. Cells whose novelty exceeds ``tl.annotate``'s
     default threshold are rejected.
@@ -415,8 +418,9 @@ def scrobust_method(
     }
     silent = {"enable_progress_bar": False}
     scvi.settings.seed = seed
+    pretrain_on_test = options.get("pretrain_on_test", False) and options.get("pretrain", True)
     model = fit_annotator(
-        train,
+        with_unlabelled_cells(train, test, labels_key) if pretrain_on_test else train,
         labels_key,
         model_kwargs=kwargs["model_kwargs"],
         pretrain=options.get("pretrain", True),
@@ -428,6 +432,37 @@ def scrobust_method(
     proba, novelty = model._classify_cells(test, None, 256)
     labels = Prediction.from_proba(proba).labels
     return Prediction(labels, novelty > DEFAULT_NOVELTY_THRESHOLD, np.asarray(novelty, dtype=float))
+
+
+def with_unlabelled_cells(train: ad.AnnData, test: ad.AnnData, labels_key: str) -> ad.AnnData:
+    """``train``'s cells with their labels, then ``test``'s without (NaN), in one AnnData.
+
+    What a scRobust model pre-trains on when it may see the test cells but not their labels.
+    ``X`` and ``var`` (peak coordinates included) are ``train``'s; both must hold the same
+    features in the same order.
+
+    Examples
+    --------
+    >>> import scanpy as sc
+    >>> adata = sc.datasets.pbmc68k_reduced()
+    >>> both = with_unlabelled_cells(adata[:500], adata[500:], "bulk_labels")
+    >>> both.n_obs, int(both.obs["bulk_labels"].isna().sum())
+    (700, 200)
+    """
+    import scipy.sparse as sp
+
+    if not train.var_names.equals(test.var_names):
+        raise ValueError("train and test must hold the same features in the same order (align test to train first).")
+    stack = sp.vstack if sp.issparse(train.X) else np.vstack
+    x = stack([train.X, test.X.astype(train.X.dtype)])
+    labels = np.concatenate(
+        [train.obs[labels_key].astype(object).to_numpy(), np.full(test.n_obs, np.nan, dtype=object)]
+    )
+    obs = pd.DataFrame(
+        {labels_key: labels},
+        index=[f"{name}-train" for name in train.obs_names] + [f"{name}-test" for name in test.obs_names],
+    )
+    return ad.AnnData(sp.csr_matrix(x) if sp.issparse(x) else x, obs=obs, var=train.var.copy())
 
 
 #: Method name -> function(train, test, labels_key, *, seed, quick, options) -> Prediction
