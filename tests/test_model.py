@@ -286,3 +286,23 @@ def test_rare_types_kept_out_of_validation_are_named_in_the_log(small_pbmc, capl
         model.train(max_epochs=1, batch_size=64, **QUIET)
     line = next(r.getMessage() for r in caplog.records if "stay in training only" in r.getMessage())
     assert "Tiny type" in line and "np.int" not in line
+
+
+def test_encoder_lr_scale_slows_the_encoder_only(small_pbmc, seeded):
+    """Fine-tuning a pre-trained encoder gently: its steps shrink, the heads' do not."""
+    SCRobust.setup_anndata(small_pbmc, labels_key="cell_type")
+    changes = {}
+    for scale in (1.0, 1e-4):
+        scvi.settings.seed = 0
+        model = SCRobust(small_pbmc, **TINY)
+        before = {k: v.detach().clone() for k, v in model.module.state_dict().items()}
+        model.train(max_epochs=1, linear_expert=False, plan_kwargs={"encoder_lr_scale": scale}, **QUIET)
+        after = model.module.state_dict()
+        changes[scale] = {
+            part: sum(float((after[k] - before[k]).abs().sum()) for k in before if k.startswith(f"{part}."))
+            for part in ("encoder", "classifier")
+        }
+    assert changes[1e-4]["encoder"] < 0.01 * changes[1.0]["encoder"]
+    assert changes[1e-4]["classifier"] > 0.1 * changes[1.0]["classifier"]
+    with pytest.raises(ValueError, match="encoder_lr_scale must be positive"):
+        model.train(max_epochs=1, plan_kwargs={"encoder_lr_scale": 0}, **QUIET)

@@ -789,6 +789,8 @@ class SCRobust(BaseModelClass):
             (``docs/design.md``, "The linear expert").
         accelerator, devices, plan_kwargs, datasplitter_kwargs, checkpoint_dir, resume, **trainer_kwargs
             As in :meth:`pretrain`; the checkpoint also holds the best validation epoch so far.
+            ``plan_kwargs`` go to :class:`~scrobust_sc.train.ClassifierPlan`, e.g.
+            ``{"encoder_lr_scale": 0.1}`` to fine-tune the encoder at a tenth of ``lr``.
 
         Examples
         --------

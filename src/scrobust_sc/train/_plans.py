@@ -18,7 +18,12 @@ logger = logging.getLogger("scrobust_sc")
 
 
 class _ScheduledPlan(TrainingPlan):
-    """AdamW with warm-up and cosine decay over the run's optimiser steps; no ELBO metrics."""
+    """AdamW with warm-up and cosine decay over the run's optimiser steps; no ELBO metrics.
+
+    ``encoder_lr_scale`` multiplies the learning rate of the encoder (gene embeddings and
+    Transformer), e.g. 0.1 to fine-tune a pre-trained encoder gently while the heads learn
+    at ``lr``.
+    """
 
     def __init__(
         self,
@@ -28,11 +33,17 @@ class _ScheduledPlan(TrainingPlan):
         weight_decay: float = 0.01,
         warmup_fraction: float = 0.1,
         max_warmup_steps: int = 500,
+        encoder_lr_scale: float = 1.0,
         **kwargs,
     ):
         super().__init__(module, lr=lr, weight_decay=weight_decay, optimizer="AdamW", **kwargs)
+        if not encoder_lr_scale > 0:
+            raise ValueError(
+                f"encoder_lr_scale must be positive, not {encoder_lr_scale!r}; train(freeze_encoder=True) freezes it."
+            )
         self.warmup_fraction = warmup_fraction
         self.max_warmup_steps = max_warmup_steps
+        self.encoder_lr_scale = float(encoder_lr_scale)
 
     #: learning-rate multiplier of the linear gene head (a convex problem that tolerates more)
     linear_lr_scale = 10.0
@@ -40,7 +51,19 @@ class _ScheduledPlan(TrainingPlan):
     def configure_optimizers(self):
         linear = getattr(self.module, "gene_linear", None)
         linear_params = {id(p) for p in linear.parameters()} if linear is not None else set()
-        groups = [{"params": [p for p in self.module.parameters() if p.requires_grad and id(p) not in linear_params]}]
+        encoder_params = {id(p) for p in self.module.encoder.parameters()} if self.encoder_lr_scale != 1 else set()
+        groups = [
+            {
+                "params": [
+                    p
+                    for p in self.module.parameters()
+                    if p.requires_grad and id(p) not in linear_params and id(p) not in encoder_params
+                ]
+            }
+        ]
+        if encoder_params:
+            trainable = [p for p in self.module.encoder.parameters() if p.requires_grad]
+            groups.append({"params": trainable, "lr": self.lr * self.encoder_lr_scale})
         if linear_params:
             groups.append({"params": list(linear.parameters()), "lr": self.lr * self.linear_lr_scale})
         optimizer = torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay)
