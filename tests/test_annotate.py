@@ -182,3 +182,41 @@ def test_keep_best_auto_keeps_the_last_epoch_when_a_type_cannot_be_validated(sma
     assert "Keeping the last epoch" in caplog.text and "rare type" in caplog.text
     assert "best_epoch" not in model.train_params_["train"]
     assert len(model.history["f1_macro_validation"]) == 3
+
+
+def test_fit_annotator_pretrains_on_unlabelled_query_cells_matched_by_gene_name(small_pbmc, seeded):
+    ref, query = small_pbmc[:150].copy(), small_pbmc[150:].copy()
+    order = np.random.default_rng(0).permutation(query.n_vars)
+    query = query[:, order[: query.n_vars - 10]].copy()  # shuffled, 10 genes missing
+    query_before = query.copy()
+    model = scrobust.tl.fit_annotator(
+        ref,
+        "cell_type",
+        unlabelled=query,
+        model_kwargs=TINY,
+        pretrain_kwargs={"max_steps": 2, **QUIET},
+        train_kwargs={"max_epochs": 1, "n_genes": 64, **QUIET},
+    )
+    assert model.adata.n_obs == ref.n_obs + query.n_obs
+    labels = model.adata.obs["cell_type"].astype(str).to_numpy()
+    assert (labels[ref.n_obs :] == "Unknown").all()  # pre-trained on, never fitted
+    assert (labels[: ref.n_obs] == ref.obs["cell_type"].astype(str).to_numpy()).all()
+    x = model.adata.X[ref.n_obs :].toarray()
+    genes = list(ref.var_names)
+    for j in range(0, query.n_vars, 97):  # each query gene sits in the reference's column of that name
+        np.testing.assert_array_equal(x[:, genes.index(query.var_names[j])], query.X[:, j].toarray().ravel())
+    missing = [genes.index(g) for g in set(genes) - set(query.var_names)]
+    assert not x[:, missing].any()
+    assert (query.X != query_before.X).nnz == 0 and query.var_names.equals(query_before.var_names)
+
+
+def test_annotate_pretrain_on_query(small_pbmc, seeded):
+    ref, query = small_pbmc[:150].copy(), small_pbmc[150:].copy()
+    fast = {**FAST, "pretrain_steps": 2, "pretrain_kwargs": QUIET}
+    scrobust.tl.annotate(query, reference=ref, labels_key="cell_type", pretrain_on_query=True, **fast)
+    assert query.obs["scrobust_label"].notna().all()
+    assert query.uns["scrobust"]["params"]["pretrain_on_query"] is True
+    with pytest.raises(ValueError, match="pretrain_on_query needs pre-training"):
+        scrobust.tl.annotate(query, reference=ref, labels_key="cell_type", pretrain_on_query=True, **FAST)
+    with pytest.raises(ValueError, match="pretrain_on_query applies with reference="):
+        scrobust.tl.annotate(small_pbmc, labels_key="cell_type", pretrain_on_query=True, **fast)

@@ -85,6 +85,10 @@ def test_cli_annotate_from_reference_and_pretrain(files):
     )
     assert main(["pretrain", str(d / "ref.h5ad"), "--out", str(d / "p"), "--max-steps", "3"]) == 0
     assert (d / "p" / "model.json").exists()
+    args = ["--query", str(d / "query.h5ad"), "--out", str(d / "c.h5ad"), "--max-steps", "2", "--max-epochs", "1"]
+    reference = ["--reference", str(d / "ref.h5ad"), "--labels-key", "cell_type"]
+    assert main(["annotate", *reference, *args, "--pretrain-on-query"]) == 0
+    assert ad.read_h5ad(d / "c.h5ad").uns["scrobust"]["params"]["pretrain_on_query"]
 
 
 @pytest.mark.parametrize(

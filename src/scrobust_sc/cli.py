@@ -126,6 +126,7 @@ def _cmd_annotate(args) -> None:
             novelty_threshold=args.novelty_threshold,
             max_epochs=args.max_epochs,
             pretrain_steps=args.max_steps,
+            pretrain_on_query=args.pretrain_on_query,
             pretrain_kwargs=quiet,
             train_kwargs=quiet,
             **_setup(args),
@@ -243,6 +244,11 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--reference", default=None, help="labelled .h5ad to learn from")
             p.add_argument("--labels-key", default=None, help="obs column of cell types in the reference")
             p.add_argument("--max-epochs", type=int, default=20)
+            p.add_argument(
+                "--pretrain-on-query",
+                action="store_true",
+                help="pre-train on the query's cells too (without labels); fine-tuning reads the reference only",
+            )
         p.add_argument("--out", required=True, help="annotated .h5ad to write")
         p.add_argument("--csv", default=None, help="also write labels and confidences as CSV")
         p.add_argument("--unknown-threshold", type=float, default=None, help="confidence under which a cell is Unknown")

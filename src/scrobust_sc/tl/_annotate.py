@@ -8,8 +8,10 @@ from collections.abc import Sequence
 import anndata as ad
 import numpy as np
 import pandas as pd
+from scipy import sparse
 
 from scrobust_sc._constants import DEFAULT_KEY, EMBEDDING_KEY, UNKNOWN_LABEL
+from scrobust_sc.data._alignment import align_to_genes
 from scrobust_sc.data._peaks import peak_names
 from scrobust_sc.model._model import restrict_labels
 
@@ -47,10 +49,40 @@ def _training_view(adata: ad.AnnData, labels_key: str, layer: str | None, modali
     return ad.AnnData(X=None, obs=obs, var=var, layers={layer: matrix})
 
 
+def _with_unlabelled(
+    view: ad.AnnData, unlabelled: ad.AnnData, labels_key: str, layer: str | None, modality: str
+) -> ad.AnnData:
+    """``view`` followed by ``unlabelled``'s cells, matched to ``view``'s features by name, label-less."""
+    names = peak_names(unlabelled) if modality == "atac" else None
+    aligned, report = align_to_genes(unlabelled, view.var_names, layer=layer, names=names)
+    top, bottom = (a.X if layer is None else a.layers[layer] for a in (view, aligned))
+    if sparse.issparse(top) or sparse.issparse(bottom):
+        matrix = sparse.vstack([sparse.csr_matrix(top), sparse.csr_matrix(bottom, dtype=top.dtype)], format="csr")
+    else:
+        matrix = np.vstack([np.asarray(top), np.asarray(bottom, dtype=top.dtype)])
+    labels = np.concatenate([view.obs[labels_key].astype(str).to_numpy(), np.full(aligned.n_obs, UNKNOWN_LABEL)])
+    obs = pd.DataFrame({labels_key: pd.Categorical(labels)}, index=view.obs_names.append(aligned.obs_names))
+    logger.info(
+        "Pre-training also on %d unlabelled cells (%.1f%% of the reference's features missing from them).",
+        aligned.n_obs,
+        100 * report.share_missing,
+    )
+    combined = ad.AnnData(
+        X=matrix if layer is None else None,
+        obs=obs,
+        var=view.var.copy(),
+        layers=None if layer is None else {layer: matrix},
+    )
+    if not combined.obs_names.is_unique:
+        combined.obs_names_make_unique()
+    return combined
+
+
 def fit_annotator(
     reference: ad.AnnData,
     labels_key: str,
     *,
+    unlabelled: ad.AnnData | None = None,
     layer: str | None = None,
     model_kwargs: dict | None = None,
     pretrain_kwargs: dict | None = None,
@@ -61,18 +93,23 @@ def fit_annotator(
 ):
     """Pre-train on all cells of ``reference`` and fine-tune on its labelled cells.
 
-    Cells whose label is NaN or ``"Unknown"`` are used for pre-training only. ``modality``
+    Cells whose label is NaN or ``"Unknown"`` are used for pre-training only, and so are the
+    cells of ``unlabelled`` (e.g. the query to annotate), whose genes (or peaks) are matched
+    to ``reference``'s by name, missing ones counting as not expressed. ``modality``
     (``"rna"`` or ``"atac"``) and ``setup_kwargs`` (e.g. ``{"atac_values": "tfidf"}``) go to
     :meth:`~scrobust_sc.model.SCRobust.setup_anndata`.
 
     Examples
     --------
     >>> model = fit_annotator(reference, "cell_type")  # doctest: +SKIP
+    >>> model = fit_annotator(reference, "cell_type", unlabelled=query)  # doctest: +SKIP
     >>> atac_model = fit_annotator(atac_reference, "cell_type", modality="atac")  # doctest: +SKIP
     """
     from scrobust_sc.model import SCRobust
 
     work = _training_view(reference, labels_key, layer, modality)
+    if unlabelled is not None:
+        work = _with_unlabelled(work, unlabelled, labels_key, layer, modality)
     SCRobust.setup_anndata(work, layer=layer, labels_key=labels_key, modality=modality, **(setup_kwargs or {}))
     model = SCRobust(work, **(model_kwargs or {}))
     if pretrain:
@@ -122,6 +159,7 @@ def annotate(
     embedding_key: str | None = EMBEDDING_KEY,
     max_epochs: int = 20,
     pretrain_steps: int | None = None,
+    pretrain_on_query: bool = False,
     model_kwargs: dict | None = None,
     train_kwargs: dict | None = None,
     pretrain_kwargs: dict | None = None,
@@ -177,6 +215,12 @@ def annotate(
     pretrain_steps
         Pre-training optimiser steps (default of :meth:`~scrobust_sc.model.SCRobust.pretrain`);
         0 skips pre-training.
+    pretrain_on_query
+        With ``reference``: pre-train on ``adata``'s cells too (without labels, genes matched
+        by name), as the ``labels_key``-only path pre-trains on a dataset's unlabelled
+        cells; fine-tuning still reads ``reference``'s labels only. Measured in 5-fold CV
+        with the test folds pre-trained on this way: macro-F1 +0.005 to +0.008 on three
+        references, within the folds' spread (``docs/design.md``).
     model_kwargs, train_kwargs, pretrain_kwargs
         Passed to the model, :meth:`~scrobust_sc.model.SCRobust.train` and
         :meth:`~scrobust_sc.model.SCRobust.pretrain`.
@@ -202,7 +246,15 @@ def annotate(
     >>> scrobust.tl.annotate(adata, labels_key="cell_type")  # doctest: +SKIP
     >>> adata.obs["scrobust_label"].value_counts()  # doctest: +SKIP
     >>> scrobust.tl.annotate(atac_query, reference=atac_ref, labels_key="cell_type", modality="atac")  # doctest: +SKIP
+    >>> scrobust.tl.annotate(query, reference=ref, labels_key="cell_type", pretrain_on_query=True)  # doctest: +SKIP
     """
+    if pretrain_on_query and (model is not None or reference is None):
+        raise ValueError(
+            "pretrain_on_query applies with reference= (a model is trained on the reference); without a reference "
+            "every cell of adata is already pre-trained on, and a given model= is not trained again."
+        )
+    if pretrain_on_query and pretrain_steps == 0:
+        raise ValueError("pretrain_on_query needs pre-training: pretrain_steps=0 skips it; leave it at None or > 0.")
     if model is not None and modality is not None and modality != model.modality:
         raise ValueError(f"modality={modality!r} but the model was trained on {model.modality!r} data.")
     if model is None:
@@ -216,6 +268,7 @@ def annotate(
         model = fit_annotator(
             source,
             labels_key,
+            unlabelled=adata if pretrain_on_query else None,
             layer=layer,
             model_kwargs=model_kwargs,
             pretrain_kwargs=pre,
@@ -252,6 +305,7 @@ def annotate(
             "allowed_labels": list(allowed_labels) if allowed_labels is not None else None,
             "layer": layer,
             "embedding_key": embedding_key,
+            "pretrain_on_query": bool(pretrain_on_query),
             "train": {k: v for k, v in model.train_params_.get("train", {}).items() if v is not None},
         },
         "cell_types": list(proba.columns if allowed_labels is None else allowed_labels),
