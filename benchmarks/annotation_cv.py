@@ -48,6 +48,7 @@ def main() -> None:
     parser.add_argument("--pretrain-steps", type=int, default=None, help="0 skips pre-training")
     parser.add_argument("--max-epochs", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0, help="scRobust's seed (the folds do not change)")
     parser.add_argument("--train-kwargs", default="{}", help="JSON of extra SCRobust.train arguments")
     parser.add_argument("--model-kwargs", default="{}", help="JSON of extra SCRobust arguments")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
@@ -84,7 +85,7 @@ def main() -> None:
         if args.skip_scrobust:
             print(*[r for r in rows if r["fold"] == k], flush=True)
             continue
-        scvi.settings.seed = 0
+        scvi.settings.seed = args.seed
         t = time.perf_counter()
         model = scrobust.tl.fit_annotator(
             hide_labels(adata, test_idx, args.labels_key) if args.transductive else train,
