@@ -14,7 +14,6 @@ from ._methods import (
     peer_features,
     scanvi_method,
     scrobust_method,
-    with_unlabelled_cells,
 )
 from ._metrics import classification_scores, novel_type_scores
 from ._report import markdown_table, plot_benchmark, summarize, write_report
@@ -52,6 +51,5 @@ __all__ = [
     "scanvi_method",
     "scrobust_method",
     "summarize",
-    "with_unlabelled_cells",
     "write_report",
 ]

@@ -420,8 +420,9 @@ def scrobust_method(
     scvi.settings.seed = seed
     pretrain_on_test = options.get("pretrain_on_test", False) and options.get("pretrain", True)
     model = fit_annotator(
-        with_unlabelled_cells(train, test, labels_key) if pretrain_on_test else train,
+        train,
         labels_key,
+        unlabelled=test if pretrain_on_test else None,
         model_kwargs=kwargs["model_kwargs"],
         pretrain=options.get("pretrain", True),
         pretrain_kwargs={**silent, **kwargs["pretrain_kwargs"]},
@@ -432,37 +433,6 @@ def scrobust_method(
     proba, novelty = model._classify_cells(test, None, 256)
     labels = Prediction.from_proba(proba).labels
     return Prediction(labels, novelty > DEFAULT_NOVELTY_THRESHOLD, np.asarray(novelty, dtype=float))
-
-
-def with_unlabelled_cells(train: ad.AnnData, test: ad.AnnData, labels_key: str) -> ad.AnnData:
-    """``train``'s cells with their labels, then ``test``'s without (NaN), in one AnnData.
-
-    What a scRobust model pre-trains on when it may see the test cells but not their labels.
-    ``X`` and ``var`` (peak coordinates included) are ``train``'s; both must hold the same
-    features in the same order.
-
-    Examples
-    --------
-    >>> import scanpy as sc
-    >>> adata = sc.datasets.pbmc68k_reduced()
-    >>> both = with_unlabelled_cells(adata[:500], adata[500:], "bulk_labels")
-    >>> both.n_obs, int(both.obs["bulk_labels"].isna().sum())
-    (700, 200)
-    """
-    import scipy.sparse as sp
-
-    if not train.var_names.equals(test.var_names):
-        raise ValueError("train and test must hold the same features in the same order (align test to train first).")
-    stack = sp.vstack if sp.issparse(train.X) else np.vstack
-    x = stack([train.X, test.X.astype(train.X.dtype)])
-    labels = np.concatenate(
-        [train.obs[labels_key].astype(object).to_numpy(), np.full(test.n_obs, np.nan, dtype=object)]
-    )
-    obs = pd.DataFrame(
-        {labels_key: labels},
-        index=[f"{name}-train" for name in train.obs_names] + [f"{name}-test" for name in test.obs_names],
-    )
-    return ad.AnnData(sp.csr_matrix(x) if sp.issparse(x) else x, obs=obs, var=train.var.copy())
 
 
 #: Method name -> function(train, test, labels_key, *, seed, quick, options) -> Prediction
