@@ -29,6 +29,7 @@ from pathlib import Path
 
 import anndata as ad
 import numpy as np
+import pandas as pd
 import scvi
 import torch
 from scvi import REGISTRY_KEYS
@@ -36,7 +37,7 @@ from sklearn.metrics import f1_score
 from sklearn.model_selection import StratifiedKFold
 
 import scrobust_sc as scrobust
-from scrobust_sc.benchmark import METHODS, hide_labels, logistic_regression_baseline
+from scrobust_sc.benchmark import METHODS, logistic_regression_baseline
 from scrobust_sc.data._splits import stratified_validation_split
 
 
@@ -120,6 +121,19 @@ def main() -> None:
     folds_tag = "-".join(map(str, args.folds))
     (out / f"cv_{result['dataset']}_{args.tag}_folds{folds_tag}.json").write_text(json.dumps(result, indent=1))
     print(json.dumps(result["summary"], indent=1))
+
+
+def hide_labels(adata: ad.AnnData, cells: np.ndarray, labels_key: str) -> ad.AnnData:
+    """``adata``'s cells, in its order and sharing its matrix, with ``cells``' labels NaN.
+
+    What ``--transductive`` pre-trains on: ``fit_annotator`` fits only the labelled cells.
+    ``adata`` itself is not modified.
+    """
+    if labels_key not in adata.obs.columns:
+        raise ValueError(f"labels_key={labels_key!r} is not a column of adata.obs.")
+    labels = adata.obs[labels_key].astype(object).to_numpy().copy()
+    labels[np.asarray(cells)] = np.nan
+    return ad.AnnData(X=adata.X, obs=pd.DataFrame({labels_key: labels}, index=adata.obs_names), var=adata.var)
 
 
 def _save_proba(args, fold: int, method: str, model, test) -> None:

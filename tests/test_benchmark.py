@@ -266,20 +266,6 @@ def test_celltypist_reads_log2_scaled_input_as_it_reads_the_counts(caplog):
     np.testing.assert_array_equal(from_log2.rejected, from_counts.rejected)
 
 
-def test_hide_labels_hides_exactly_the_given_cells_and_leaves_the_input_alone():
-    adata = scrobust.data.pbmc_demo()
-    before = adata.obs["cell_type"].copy()
-    cells = np.arange(0, adata.n_obs, 3)
-    work = benchmark.hide_labels(adata, cells, "cell_type")
-    hidden = work.obs["cell_type"].isna().to_numpy()
-    assert np.flatnonzero(hidden).tolist() == cells.tolist()
-    kept = ~hidden
-    assert (work.obs["cell_type"][kept].astype(str) == before[kept].astype(str)).all()
-    assert adata.obs["cell_type"].equals(before)
-    with pytest.raises(ValueError, match="not a column"):
-        benchmark.hide_labels(adata, cells, "celltype")
-
-
 def test_pretrain_on_test_pretrains_on_the_test_cells_without_their_labels(monkeypatch):
     import scrobust_sc.tl as tl
 

@@ -20,3 +20,22 @@ def test_throughput_compares_each_dataset_with_its_own_reference_figures():
     assert synthetic == {"pretrain": 5.0, "finetune": 1.5}  # issue 6: 5,000 x 20,000 synthetic
     assert throughput.speedup(12.0, "finetune", synthetic) == pytest.approx(8.0)
     assert throughput.speedup(12.0, "embed", synthetic) is None  # no reference figure: no ratio
+
+
+def test_hide_labels_hides_exactly_the_given_cells_and_leaves_the_input_alone():
+    import numpy as np
+
+    import scrobust_sc as scrobust
+
+    cv = _script("annotation_cv")
+    adata = scrobust.data.pbmc_demo()
+    before = adata.obs["cell_type"].copy()
+    cells = np.arange(0, adata.n_obs, 3)
+    work = cv.hide_labels(adata, cells, "cell_type")
+    hidden = work.obs["cell_type"].isna().to_numpy()
+    assert np.flatnonzero(hidden).tolist() == cells.tolist()
+    kept = ~hidden
+    assert (work.obs["cell_type"][kept].astype(str) == before[kept].astype(str)).all()
+    assert adata.obs["cell_type"].equals(before)
+    with pytest.raises(ValueError, match="not a column"):
+        cv.hide_labels(adata, cells, "celltype")

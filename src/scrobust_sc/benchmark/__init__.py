@@ -18,7 +18,7 @@ from ._methods import (
 from ._metrics import classification_scores, novel_type_scores
 from ._report import markdown_table, plot_benchmark, summarize, write_report
 from ._run import COLUMNS, PROTOCOLS, quick_subset, run_benchmark
-from ._splits import Split, cross_splits, cv_splits, hide_labels, novel_splits
+from ._splits import Split, cross_splits, cv_splits, novel_splits
 
 __all__ = [
     "ABLATION_VARIANTS",
@@ -33,7 +33,6 @@ __all__ = [
     "classification_scores",
     "cross_splits",
     "cv_splits",
-    "hide_labels",
     "hvg_features",
     "knn_method",
     "knn_pca_baseline",

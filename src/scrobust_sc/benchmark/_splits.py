@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import anndata as ad
 import numpy as np
 from sklearn.model_selection import StratifiedKFold
 
@@ -116,27 +115,3 @@ def cross_splits(groups, labels) -> list[Split]:
         note = f"test types absent from {str(value)!r}, dropped: {dropped}" if dropped else ""
         out.append(Split(f"{value} -> rest", k, train, test[known], note=note))
     return out
-
-
-def hide_labels(adata: ad.AnnData, cells: np.ndarray, labels_key: str) -> ad.AnnData:
-    """A copy of ``adata`` whose ``cells`` (positions) have no label (NaN).
-
-    A test fold kept this way can be pre-trained on without labels, the way
-    ``tl.annotate(adata, labels_key=...)`` pre-trains on a dataset's unlabelled cells, while
-    only the other cells' labels are fitted. ``adata`` itself is not modified.
-
-    Examples
-    --------
-    >>> import numpy as np, scanpy as sc
-    >>> adata = sc.datasets.pbmc68k_reduced()
-    >>> work = hide_labels(adata, np.arange(10), "bulk_labels")
-    >>> int(work.obs["bulk_labels"].isna().sum())
-    10
-    """
-    if labels_key not in adata.obs.columns:
-        raise ValueError(f"labels_key={labels_key!r} is not a column of adata.obs.")
-    work = adata.copy()
-    labels = work.obs[labels_key].astype(object).to_numpy()
-    labels[np.asarray(cells)] = np.nan
-    work.obs[labels_key] = labels
-    return work
