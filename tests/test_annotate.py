@@ -1,6 +1,8 @@
+import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
+import scvi
 
 import scrobust_sc as scrobust
 from scrobust_sc import SCRobust
@@ -220,3 +222,23 @@ def test_annotate_pretrain_on_query(small_pbmc, seeded):
         scrobust.tl.annotate(query, reference=ref, labels_key="cell_type", pretrain_on_query=True, **FAST)
     with pytest.raises(ValueError, match="pretrain_on_query applies with reference="):
         scrobust.tl.annotate(small_pbmc, labels_key="cell_type", pretrain_on_query=True, **fast)
+
+
+@pytest.mark.parametrize("with_query", [False, True])
+def test_fit_annotator_reads_a_backed_reference_into_memory(small_pbmc, tmp_path, with_query):
+    ref, query = small_pbmc[:150].copy(), small_pbmc[150:].copy()
+    ref.write_h5ad(tmp_path / "ref.h5ad")
+    backed = ad.read_h5ad(tmp_path / "ref.h5ad", backed="r")
+    kwargs = {
+        "unlabelled": query if with_query else None,
+        "model_kwargs": TINY,
+        "pretrain_kwargs": {"max_steps": 2, **QUIET},
+        "train_kwargs": {"max_epochs": 1, "n_genes": 64, **QUIET},
+    }
+    fitted = {}
+    for name, reference in (("backed", backed), ("in_memory", ref)):
+        scvi.settings.seed = 0
+        model = scrobust.tl.fit_annotator(reference, "cell_type", **kwargs)
+        fitted[name] = model.get_latent_representation(ref)
+    np.testing.assert_allclose(fitted["backed"], fitted["in_memory"], rtol=1e-5, atol=1e-6)
+    assert backed.isbacked and backed.n_obs == 150  # the user's handle is left as it was

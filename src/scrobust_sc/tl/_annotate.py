@@ -12,6 +12,7 @@ from scipy import sparse
 
 from scrobust_sc._constants import DEFAULT_KEY, EMBEDDING_KEY, UNKNOWN_LABEL
 from scrobust_sc.data._alignment import align_to_genes
+from scrobust_sc.data._memory import matrix_in_memory
 from scrobust_sc.data._peaks import peak_names
 from scrobust_sc.model._model import restrict_labels
 
@@ -30,6 +31,8 @@ def _training_view(adata: ad.AnnData, labels_key: str, layer: str | None, modali
     """A light AnnData sharing ``adata``'s counts, with NaN labels marked unlabelled.
 
     For ATAC its ``var_names`` are the canonical peak names (``var`` columns are not kept).
+    A backed ``adata`` (``read_h5ad(path, backed="r")``) has its matrix read into memory, as
+    training needs it: sparse stays sparse, dense is checked against the memory budget.
     """
     if labels_key not in adata.obs.columns:
         raise ValueError(
@@ -43,6 +46,8 @@ def _training_view(adata: ad.AnnData, labels_key: str, layer: str | None, modali
     matrix = adata.X if layer is None else adata.layers[layer] if layer in adata.layers else None
     if matrix is None:
         raise ValueError(f"layer {layer!r} is not in adata.layers (layers: {list(adata.layers.keys())}).")
+    if adata.isbacked:
+        matrix = matrix_in_memory(matrix, what="Reading the backed (on-disk) reference matrix into memory for training")
     var = pd.DataFrame(index=peak_names(adata) if modality == "atac" else adata.var_names.copy())
     if layer is None:
         return ad.AnnData(X=matrix, obs=obs, var=var)
