@@ -118,9 +118,15 @@ def main() -> None:
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    folds_tag = "-".join(map(str, args.folds))
-    (out / f"cv_{result['dataset']}_{args.tag}_folds{folds_tag}.json").write_text(json.dumps(result, indent=1))
+    name = result_name(result["dataset"], args.tag, args.seed, args.folds)
+    (out / name).write_text(json.dumps(result, indent=1))
     print(json.dumps(result["summary"], indent=1))
+
+
+def result_name(dataset: str, tag: str, seed: int, folds) -> str:
+    """The results file of a run; a seed other than 0 is part of the name, so seeds never overwrite each other."""
+    seed_part = f"_seed{seed}" if seed else ""
+    return f"cv_{dataset}_{tag}{seed_part}_folds{'-'.join(map(str, folds))}.json"
 
 
 def hide_labels(adata: ad.AnnData, cells: np.ndarray, labels_key: str) -> ad.AnnData:
@@ -140,7 +146,8 @@ def _save_proba(args, fold: int, method: str, model, test) -> None:
     if args.save_proba:
         folder = Path(args.save_proba)
         folder.mkdir(parents=True, exist_ok=True)
-        stem = f"{Path(args.data).stem}_{args.tag}_{method}_fold{fold}"
+        seed_part = f"_seed{args.seed}" if args.seed else ""
+        stem = f"{Path(args.data).stem}_{args.tag}{seed_part}_{method}_fold{fold}"
         model.predict(test, soft=True).to_csv(folder / f"{stem}.csv")
         # the fine-tuning's validation cells, as train() drew them (the network never fitted them;
         # the linear expert, refitted on every labelled cell, did)

@@ -39,3 +39,9 @@ def test_hide_labels_hides_exactly_the_given_cells_and_leaves_the_input_alone():
     assert adata.obs["cell_type"].equals(before)
     with pytest.raises(ValueError, match="not a column"):
         cv.hide_labels(adata, cells, "celltype")
+
+
+def test_cv_results_of_another_seed_do_not_overwrite_seed_zero():
+    cv = _script("annotation_cv")
+    assert cv.result_name("xin", "default", 0, [0, 1]) == "cv_xin_default_folds0-1.json"
+    assert cv.result_name("xin", "default", 2, [0, 1]) == "cv_xin_default_seed2_folds0-1.json"
