@@ -156,3 +156,12 @@ def test_cli_novelty_threshold_default_is_the_librarys():
     for command in ("annotate", "predict"):
         args = build_parser().parse_args([command, "--query", "q.h5ad", "--out", "o.h5ad", "--model", "m"])
         assert args.novelty_threshold == DEFAULT_NOVELTY_THRESHOLD
+
+
+def test_benchmark_help_names_every_scrobust_option():
+    from scrobust_sc.benchmark import SCROBUST_OPTIONS
+
+    parser = build_parser()
+    sub = parser._subparsers._group_actions[0].choices["benchmark"]
+    help_text = next(a.help for a in sub._actions if "--scrobust-options" in a.option_strings)
+    assert all(option in help_text for option in SCROBUST_OPTIONS), help_text

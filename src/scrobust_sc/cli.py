@@ -282,7 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--scrobust-options",
         default="{}",
-        help="JSON object: pretrain, model_kwargs, pretrain_kwargs, train_kwargs, setup_kwargs (others refused)",
+        help="JSON object: pretrain, pretrain_on_test, model_kwargs, pretrain_kwargs, train_kwargs, setup_kwargs "
+        "(others refused)",
     )
     p.add_argument("--modality", default="rna", choices=["rna", "atac"], help="genes or peaks")
     p.add_argument("--peer-features", type=int, default=2000, help="HVGs or peaks read by logreg and knn (0: all)")
