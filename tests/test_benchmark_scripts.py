@@ -45,3 +45,27 @@ def test_cv_results_of_another_seed_do_not_overwrite_seed_zero():
     cv = _script("annotation_cv")
     assert cv.result_name("xin", "default", 0, [0, 1]) == "cv_xin_default_folds0-1.json"
     assert cv.result_name("xin", "default", 2, [0, 1]) == "cv_xin_default_seed2_folds0-1.json"
+
+
+def test_pretrain_effect_pairs_folds_of_the_same_seed(tmp_path):
+    import json
+
+    effect = _script("pretrain_effect")
+
+    def write(tag: str, seed: int, scores: list[float]) -> None:
+        rows = [{"method": "scrobust", "fold": k, "f1_macro": s} for k, s in enumerate(scores)]
+        name = f"cv_toy_{tag}{f'_seed{seed}' if seed else ''}_folds0-1-2-3-4.json"
+        (tmp_path / name).write_text(json.dumps({"rows": rows}))
+
+    write("without", 0, [0.5, 0.6, 0.7, 0.8, 0.9])
+    write("with", 0, [0.6, 0.6, 0.8, 0.8, 0.8])
+    write("without", 1, [0.5, 0.5, 0.5, 0.5, 0.5])
+    write("with", 1, [0.6, 0.6, 0.6, 0.6, 0.6])
+    write("without", 2, [0.1] * 5)  # no partner: left out
+    summary = effect.collect(tmp_path, "without", "with")
+    toy = summary["toy"]
+    assert toy["seeds"] == [0, 1]
+    assert toy["scrobust"]["n_pairs"] == 10
+    assert (toy["scrobust"]["up"], toy["scrobust"]["down"]) == (7, 1)
+    assert toy["scrobust"]["difference"] == pytest.approx(0.06)  # (0.1 + 0.5) / 10
+    assert "scrobust_network_only" not in toy
