@@ -63,7 +63,16 @@ def main() -> None:
         help="pre-train on the training and the test cells, test labels hidden (as tl.annotate(adata, labels_key) "
         "does with unlabelled cells); fine-tuning reads the training cells' labels only",
     )
+    parser.add_argument(
+        "--label-fraction",
+        type=float,
+        default=1.0,
+        help="keep the labels of this share of each training fold (stratified, at least one cell per type, the same "
+        "cells for every seed and method); the other training cells are unlabelled (pre-training only)",
+    )
     args = parser.parse_args()
+    if not 0 < args.label_fraction <= 1:
+        parser.error(f"--label-fraction must be in (0, 1], got {args.label_fraction}")
     unknown = sorted(set(filter(None, args.peers.split(","))) - set(METHODS))
     if unknown:
         parser.error(f"unknown peers {unknown}; choose from {sorted(METHODS)}")
@@ -75,21 +84,28 @@ def main() -> None:
     rows = []
     for k in args.folds:
         train_idx, test_idx = folds[k]
+        kept = labelled_subset(y[train_idx], args.label_fraction, seed=k)
+        unlabelled_train = np.setdiff1d(np.arange(len(train_idx)), kept)
         train, test = adata[train_idx].copy(), adata[test_idx].copy()
+        labelled_train = train[kept].copy() if unlabelled_train.size else train
         t = time.perf_counter()
-        pred = logistic_regression_baseline(train, test, args.labels_key)
+        pred = logistic_regression_baseline(labelled_train, test, args.labels_key)
         rows.append(_row("logreg", k, y[test_idx], pred, time.perf_counter() - t))
         for peer in filter(None, args.peers.split(",")):
             t = time.perf_counter()
-            pred = METHODS[peer](train, test, args.labels_key, seed=0).labels
+            pred = METHODS[peer](labelled_train, test, args.labels_key, seed=0).labels
             rows.append(_row(peer, k, y[test_idx], pred, time.perf_counter() - t))
         if args.skip_scrobust:
             print(*[r for r in rows if r["fold"] == k], flush=True)
             continue
         scvi.settings.seed = args.seed
         t = time.perf_counter()
+        if args.transductive:
+            work = hide_labels(adata, np.concatenate([test_idx, train_idx[unlabelled_train]]), args.labels_key)
+        else:
+            work = hide_labels(train, unlabelled_train, args.labels_key) if unlabelled_train.size else train
         model = scrobust.tl.fit_annotator(
-            hide_labels(adata, test_idx, args.labels_key) if args.transductive else train,
+            work,
             args.labels_key,
             model_kwargs=json.loads(args.model_kwargs),
             pretrain=args.pretrain_steps != 0,
@@ -127,6 +143,21 @@ def result_name(dataset: str, tag: str, seed: int, folds) -> str:
     """The results file of a run; a seed other than 0 is part of the name, so seeds never overwrite each other."""
     seed_part = f"_seed{seed}" if seed else ""
     return f"cv_{dataset}_{tag}{seed_part}_folds{'-'.join(map(str, folds))}.json"
+
+
+def labelled_subset(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Sorted positions of a stratified ``fraction`` of ``labels``, at least one per type.
+
+    Each type keeps ``max(1, round(fraction * n))`` of its ``n`` cells, drawn with ``seed``.
+    """
+    if fraction >= 1:
+        return np.arange(len(labels))
+    rng = np.random.default_rng(seed)
+    kept = [
+        rng.choice(cells, max(1, round(fraction * cells.size)), replace=False)
+        for cells in (np.flatnonzero(labels == t) for t in np.unique(labels))
+    ]
+    return np.sort(np.concatenate(kept))
 
 
 def hide_labels(adata: ad.AnnData, cells: np.ndarray, labels_key: str) -> ad.AnnData:

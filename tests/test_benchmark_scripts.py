@@ -69,3 +69,15 @@ def test_pretrain_effect_pairs_folds_of_the_same_seed(tmp_path):
     assert (toy["scrobust"]["up"], toy["scrobust"]["down"]) == (7, 1)
     assert toy["scrobust"]["difference"] == pytest.approx(0.06)  # (0.1 + 0.5) / 10
     assert "scrobust_network_only" not in toy
+
+
+def test_labelled_subset_is_stratified_seeded_and_keeps_every_type():
+    import numpy as np
+
+    cv = _script("annotation_cv")
+    labels = np.array(["a"] * 100 + ["b"] * 20 + ["c"] * 2)
+    kept = cv.labelled_subset(labels, 0.1, seed=3)
+    assert sorted(np.unique(labels[kept], return_counts=True)[1].tolist()) == [1, 2, 10]
+    np.testing.assert_array_equal(kept, cv.labelled_subset(labels, 0.1, seed=3))
+    assert not np.array_equal(kept, cv.labelled_subset(labels, 0.1, seed=4))
+    np.testing.assert_array_equal(cv.labelled_subset(labels, 1.0, seed=3), np.arange(labels.size))
