@@ -83,7 +83,7 @@ def main() -> None:
     parser.add_argument("--with", dest="with_", default="transductive-pretrain2000")
     args = parser.parse_args()
     summary = collect(args.results, args.without, args.with_)
-    (args.results / "pretrain_effect.json").write_text(json.dumps(summary, indent=1))
+    (args.results / f"pretrain_effect_{args.without}_vs_{args.with_}.json").write_text(json.dumps(summary, indent=1))
     for dataset, entry in summary.items():
         for method in METHODS:
             if method in entry:
