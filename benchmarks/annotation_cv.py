@@ -47,7 +47,12 @@ def main() -> None:
     parser.add_argument("--labels-key", default="cell_type")
     parser.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--pretrain-steps", type=int, default=None, help="0 skips pre-training")
-    parser.add_argument("--max-epochs", type=int, default=20)
+    parser.add_argument(
+        "--max-epochs",
+        type=int,
+        default=None,
+        help="fine-tuning epochs (default: the package's; earlier runs used 20, as their JSON records)",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0, help="scRobust's seed (the folds do not change)")
     parser.add_argument("--train-kwargs", default="{}", help="JSON of extra SCRobust.train arguments")

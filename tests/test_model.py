@@ -306,3 +306,24 @@ def test_encoder_lr_scale_slows_the_encoder_only(small_pbmc, seeded):
     assert changes[1e-4]["classifier"] > 0.1 * changes[1.0]["classifier"]
     with pytest.raises(ValueError, match="encoder_lr_scale must be positive"):
         model.train(max_epochs=1, plan_kwargs={"encoder_lr_scale": 0}, **QUIET)
+
+
+def test_default_fine_tuning_epochs_reach_a_step_floor_on_small_references():
+    from scrobust_sc.model._model import DEFAULT_FINETUNE_EPOCHS, MIN_FINETUNE_STEPS, finetune_epochs
+
+    assert finetune_epochs(2800, 64, drop_last=True) == DEFAULT_FINETUNE_EPOCHS  # 43 steps an epoch: 860 steps
+    small = finetune_epochs(280, 64, drop_last=True)  # 4 steps an epoch
+    assert small * 4 >= MIN_FINETUNE_STEPS > (small - 1) * 4
+    assert finetune_epochs(10, 10, drop_last=False) == MIN_FINETUNE_STEPS  # one step an epoch
+
+
+def test_train_without_max_epochs_records_the_derived_epochs(small_pbmc, seeded, monkeypatch):
+    import scrobust_sc.model._model as model_module
+
+    monkeypatch.setattr(model_module, "MIN_FINETUNE_STEPS", 6)  # 2 steps an epoch below: 3 epochs
+    SCRobust.setup_anndata(small_pbmc, labels_key="cell_type")
+    model = SCRobust(small_pbmc, **TINY)
+    monkeypatch.setattr(model_module, "DEFAULT_FINETUNE_EPOCHS", 1)
+    model.train(batch_size=80, n_genes=32, **QUIET)  # 180 training cells: 2 full batches an epoch
+    assert model.train_params_["train"]["max_epochs"] == 3
+    assert len(model.history["f1_macro_validation"]) == 3

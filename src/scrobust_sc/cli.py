@@ -200,6 +200,9 @@ def _cmd_demo(args) -> None:
     run_demo(Path(args.out), max_steps=args.max_steps, verbose=args.verbose)
 
 
+MAX_EPOCHS_HELP = "fine-tuning epochs (default: 20, or more on a reference too small for 500 optimiser steps in 20)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``scrobust`` command."""
     parser = argparse.ArgumentParser(prog="scrobust", description="scRobust cell embeddings and annotation.")
@@ -229,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", required=True, help="labelled .h5ad")
     p.add_argument("--labels-key", required=True, help="obs column of cell types")
     p.add_argument("--out", required=True, help="model folder to write")
-    p.add_argument("--max-epochs", type=int, default=20)
+    p.add_argument("--max-epochs", type=int, default=None, help=MAX_EPOCHS_HELP)
     common(p, model=True)
     p.set_defaults(func=_cmd_train)
 
@@ -243,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "annotate":
             p.add_argument("--reference", default=None, help="labelled .h5ad to learn from")
             p.add_argument("--labels-key", default=None, help="obs column of cell types in the reference")
-            p.add_argument("--max-epochs", type=int, default=20)
+            p.add_argument("--max-epochs", type=int, default=None, help=MAX_EPOCHS_HELP)
             p.add_argument(
                 "--pretrain-on-query",
                 action="store_true",

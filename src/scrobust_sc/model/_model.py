@@ -69,6 +69,12 @@ PRESETS: dict[str, dict] = {
 }
 #: Optimiser steps of pre-training when neither ``max_epochs`` nor ``max_steps`` is given.
 DEFAULT_PRETRAIN_STEPS = 2000
+#: Fine-tuning epochs when ``train(max_epochs=None)``, unless :data:`MIN_FINETUNE_STEPS` asks for more
+DEFAULT_FINETUNE_EPOCHS = 20
+#: Fewest optimiser steps of fine-tuning when ``train(max_epochs=None)``: a reference of a few
+#: hundred labelled cells takes a handful of steps an epoch, and 20 epochs under-train it
+#: (``docs/design.md``, "Fine-tuning budget")
+MIN_FINETUNE_STEPS = 500
 #: Cells read from disk at a time when embedding or predicting a backed AnnData
 BACKED_CHUNK_CELLS = 8192
 #: Fewest validation cells the energy novelty is calibrated on; with fewer, it is left out.
@@ -94,6 +100,20 @@ def _resolve_keep_best(keep_best, train_codes: np.ndarray, val_codes: np.ndarray
             ", ..." if unseen.size > 5 else "",
         )
     return False
+
+
+def finetune_epochs(n_cells: int, batch_size: int, *, drop_last: bool) -> int:
+    """Default fine-tuning epochs: :data:`DEFAULT_FINETUNE_EPOCHS`, or enough for :data:`MIN_FINETUNE_STEPS`.
+
+    Examples
+    --------
+    >>> finetune_epochs(3000, 32, drop_last=True)
+    20
+    >>> finetune_epochs(300, 32, drop_last=True)  # 9 steps an epoch
+    56
+    """
+    steps_per_epoch = max(1, n_cells // batch_size if drop_last else math.ceil(n_cells / batch_size))
+    return max(DEFAULT_FINETUNE_EPOCHS, math.ceil(MIN_FINETUNE_STEPS / steps_per_epoch))
 
 
 def _backed_view_in_file(view: ad.AnnData) -> tuple[ad.AnnData, np.ndarray, np.ndarray | None]:
@@ -719,7 +739,7 @@ class SCRobust(BaseModelClass):
 
     def train(
         self,
-        max_epochs: int = 20,
+        max_epochs: int | None = None,
         *,
         lr: float = 1e-3,
         batch_size: int = 32,
@@ -752,7 +772,10 @@ class SCRobust(BaseModelClass):
         Parameters
         ----------
         max_epochs
-            Passes over the labelled training cells.
+            Passes over the labelled training cells. ``None`` (default):
+            :data:`DEFAULT_FINETUNE_EPOCHS` (20), or more on a small reference, so that
+            fine-tuning takes at least :data:`MIN_FINETUNE_STEPS` (500) optimiser steps
+            (:func:`finetune_epochs`).
         lr
             Peak learning rate (warm-up then cosine decay).
         batch_size
@@ -820,6 +843,16 @@ class SCRobust(BaseModelClass):
         train_idx, val_idx = labelled[train_pos], labelled[val_pos]
         keep_best = _resolve_keep_best(keep_best, codes[train_idx], codes[val_idx], self.cell_types_)
         batch_size = self._batch_size_for(train_idx.size, batch_size, minimum=1)
+        drop_last = train_idx.size > batch_size
+        if max_epochs is None:
+            max_epochs = finetune_epochs(train_idx.size, batch_size, drop_last=drop_last)
+            if max_epochs > DEFAULT_FINETUNE_EPOCHS:
+                logger.info(
+                    "%d labelled training cells: fine-tuning for %d epochs to reach %d optimiser steps.",
+                    train_idx.size,
+                    max_epochs,
+                    MIN_FINETUNE_STEPS,
+                )
         weights = class_weights(codes[train_idx], n_classes, class_weight)
         self.module.class_weight.copy_(torch.as_tensor(weights, dtype=torch.float32))
         self.module.clear_reference()  # stale once the weights change; empty, as checkpoints expect
@@ -848,7 +881,6 @@ class SCRobust(BaseModelClass):
             "freeze_encoder": freeze_encoder,
             "linear_expert": bool(linear_expert),
         }
-        drop_last = train_idx.size > batch_size
         try:
             unused = np.setdiff1d(np.arange(codes.size), np.concatenate([train_idx, val_idx]))
             self._fit(

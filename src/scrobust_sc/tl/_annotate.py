@@ -162,7 +162,7 @@ def annotate(
     allowed_labels: Sequence[str] | None = None,
     key_added: str = DEFAULT_KEY,
     embedding_key: str | None = EMBEDDING_KEY,
-    max_epochs: int = 20,
+    max_epochs: int | None = None,
     pretrain_steps: int | None = None,
     pretrain_on_query: bool = False,
     model_kwargs: dict | None = None,
@@ -216,7 +216,8 @@ def annotate(
     embedding_key
         ``obsm`` key for the embedding; ``None`` skips it.
     max_epochs
-        Fine-tuning epochs.
+        Fine-tuning epochs; ``None`` (default): 20, or more on a reference too small to
+        give 500 optimiser steps in 20 (:meth:`~scrobust_sc.model.SCRobust.train`).
     pretrain_steps
         Pre-training optimiser steps (default of :meth:`~scrobust_sc.model.SCRobust.pretrain`);
         0 skips pre-training.
