@@ -4,7 +4,8 @@ Reads the pairs of runs ``cv_<dataset>_<without>[_seed<N>]_folds0-1-2-3-4.json``
 ``cv_<dataset>_<with>[_seed<N>]_folds0-1-2-3-4.json`` under ``--results`` (seed 0 has no
 ``_seed`` part), pairs each fold of each seed, and reports, per dataset and method, the
 mean difference (with - without), how many pairs went up and down, and the two-sided
-paired t-test's p over all pairs. Writes ``pretrain_effect.json`` beside the results.
+paired t-test's p over all pairs. Writes ``pretrain_effect_<without>_vs_<with>.json``
+beside the results.
 
     .venv/bin/python benchmarks/pretrain_effect.py
     .venv/bin/python benchmarks/pretrain_effect.py --without transductive-no-pretrain \
