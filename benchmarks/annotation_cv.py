@@ -144,10 +144,14 @@ def main() -> None:
     print(json.dumps(result["summary"], indent=1))
 
 
+def run_stem(tag: str, seed: int) -> str:
+    """``tag``, with a seed other than 0 appended, so that seeds never overwrite each other's files."""
+    return f"{tag}_seed{seed}" if seed else tag
+
+
 def result_name(dataset: str, tag: str, seed: int, folds) -> str:
-    """The results file of a run; a seed other than 0 is part of the name, so seeds never overwrite each other."""
-    seed_part = f"_seed{seed}" if seed else ""
-    return f"cv_{dataset}_{tag}{seed_part}_folds{'-'.join(map(str, folds))}.json"
+    """The results file of a run (:func:`run_stem` names the seed)."""
+    return f"cv_{dataset}_{run_stem(tag, seed)}_folds{'-'.join(map(str, folds))}.json"
 
 
 def labelled_subset(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -182,8 +186,7 @@ def _save_proba(args, fold: int, method: str, model, test) -> None:
     if args.save_proba:
         folder = Path(args.save_proba)
         folder.mkdir(parents=True, exist_ok=True)
-        seed_part = f"_seed{args.seed}" if args.seed else ""
-        stem = f"{Path(args.data).stem}_{args.tag}{seed_part}_{method}_fold{fold}"
+        stem = f"{Path(args.data).stem}_{run_stem(args.tag, args.seed)}_{method}_fold{fold}"
         model.predict(test, soft=True).to_csv(folder / f"{stem}.csv")
         # the fine-tuning's validation cells, as train() drew them (the network never fitted them;
         # the linear expert, refitted on every labelled cell, did)
