@@ -327,3 +327,23 @@ def test_train_without_max_epochs_records_the_derived_epochs(small_pbmc, seeded,
     model.train(batch_size=80, n_genes=32, **QUIET)  # 180 training cells: 2 full batches an epoch
     assert model.train_params_["train"]["max_epochs"] == 3
     assert len(model.history["f1_macro_validation"]) == 3
+
+
+@pytest.mark.parametrize("stage", ["pretrain", "train"])
+def test_training_shows_no_lightning_pytree_deprecation(stage, seeded):
+    """Lightning's use of torch's deprecated ``LeafSpec`` is its business, not the user's: not shown."""
+    import warnings
+
+    adata = demo_subset(60, 200)
+    scrobust.SCRobust.setup_anndata(adata, labels_key="cell_type")
+    model = scrobust.SCRobust(adata, **TINY)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        filters_before = list(warnings.filters)
+        if stage == "pretrain":
+            model.pretrain(max_steps=2, batch_size=16, **QUIET)
+        else:
+            model.train(max_epochs=1, batch_size=16, n_genes=32, **QUIET)
+        filters_after = list(warnings.filters)
+    assert not [w for w in caught if "LeafSpec" in str(w.message)]
+    assert filters_after == filters_before  # the caller's warning filters are left as they were

@@ -615,7 +615,10 @@ class SCRobust(BaseModelClass):
             **trainer_kwargs,
         )
         try:
-            runner()
+            with warnings.catch_warnings():
+                # Lightning (2.6) builds torch's deprecated LeafSpec; nothing a user can act on
+                warnings.filterwarnings("ignore", message=r".*LeafSpec.*", category=FutureWarning)
+                runner()
         except SystemExit:
             # Lightning turns Ctrl+C into sys.exit(1); keep the model and the session alive instead
             if interrupt.epoch is None:
