@@ -110,6 +110,21 @@ def test_saved_model_annotates_a_query(small_pbmc, tmp_path, seeded):
     assert (query.obs["scrobust_label"].astype(str).to_numpy() == expected.idxmax(axis=1).to_numpy()).all()
 
 
+def test_many_unknown_calls_warn_and_name_the_fix(small_pbmc, seeded, caplog):
+    """A query called "Unknown" wholesale (e.g. another platform) gets a warning naming novelty_threshold."""
+    model = scrobust.tl.fit_annotator(
+        small_pbmc, "cell_type", model_kwargs=TINY, pretrain=False, train_kwargs={"max_epochs": 1, **QUIET}
+    )
+    query = small_pbmc.copy()
+    with caplog.at_level("WARNING"):
+        scrobust.tl.annotate(query, model=model, novelty_threshold=None)
+    assert "Unknown" not in caplog.text
+    with caplog.at_level("WARNING"):
+        scrobust.tl.annotate(query, model=model, novelty_threshold=0.0)  # every cell above it
+    assert (query.obs["scrobust_label"] == "Unknown").all()
+    assert "100% of the 200 cells" in caplog.text and "novelty_threshold=None" in caplog.text
+
+
 def test_untrained_model_cannot_annotate(small_pbmc):
     SCRobust.setup_anndata(small_pbmc)
     with pytest.raises(ValueError, match="not fine-tuned"):

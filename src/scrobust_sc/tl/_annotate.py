@@ -25,6 +25,9 @@ DEFAULT_UNKNOWN_THRESHOLD = None
 #: Default novelty (:meth:`~scrobust_sc.model.SCRobust.predict_novelty`, each of its two
 #: scores 1 at its own threshold) above which a cell is called "Unknown".
 DEFAULT_NOVELTY_THRESHOLD = 1.0
+#: Share of "Unknown" calls above which ``annotate`` warns: a query from another platform
+#: or batch than the reference can look novel as a whole (docs/benchmarks.md, "Cross-platform").
+UNKNOWN_SHARE_WARNING = 0.2
 
 
 def _training_view(adata: ad.AnnData, labels_key: str, layer: str | None, modality: str = "rna") -> ad.AnnData:
@@ -208,7 +211,9 @@ def annotate(
         is ``"Unknown"``: at the default 1, its logits are lower than those of all but 1% of
         the validation cells, or it lies farther from the reference cells of its predicted
         type than 1.2 times the distance 95% of them lie from each other. ``None`` never
-        rejects on novelty.
+        rejects on novelty. When more than a fifth of the cells are called ``"Unknown"``, a
+        warning says so (``UNKNOWN_SHARE_WARNING``): a query from another platform can
+        look novel as a whole.
     allowed_labels
         Restrict the predictions to these cell types.
     key_added
@@ -322,4 +327,15 @@ def annotate(
         target.uns[key_added]["gene_alignment"] = dict(report)
     n_unknown = int((target.obs[f"{key_added}_label"] == UNKNOWN_LABEL).sum())
     logger.info("Annotated %d cells; %d called %r.", target.n_obs, n_unknown, UNKNOWN_LABEL)
+    if target.n_obs and n_unknown / target.n_obs > UNKNOWN_SHARE_WARNING:
+        logger.warning(
+            "%.0f%% of the %d cells were called %r. Cells of types missing from the labels should be; but cells "
+            "from another platform or batch than the reference can look novel as a whole (their types still "
+            "right). Check obs[%r] and the probabilities, or pass novelty_threshold=None (or a higher value) "
+            "to call Unknown on the probability rule alone.",
+            100 * n_unknown / target.n_obs,
+            target.n_obs,
+            UNKNOWN_LABEL,
+            f"{key_added}_novelty",
+        )
     return target if copy else None
