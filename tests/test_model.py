@@ -1,3 +1,5 @@
+import warnings
+
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -332,8 +334,6 @@ def test_train_without_max_epochs_records_the_derived_epochs(small_pbmc, seeded,
 @pytest.mark.parametrize("stage", ["pretrain", "train"])
 def test_training_shows_no_lightning_pytree_deprecation(stage, seeded):
     """Lightning's use of torch's deprecated ``LeafSpec`` is its business, not the user's: not shown."""
-    import warnings
-
     adata = demo_subset(60, 200)
     scrobust.SCRobust.setup_anndata(adata, labels_key="cell_type")
     model = scrobust.SCRobust(adata, **TINY)

@@ -234,7 +234,8 @@ def annotate(
         seeds (``docs/design.md``); cells of types missing from the labels called
         "Unknown" far more often (xin 0.69 -> 0.94, baron 0.75 -> 0.93, bastidas 0.08 ->
         0.31; ``docs/benchmarks.md``). Across platforms (CellBench, CEL-seq2 -> Drop-seq)
-        the types stay right but 42% of the query is called "Unknown" (56% without it).
+        the types stay right but 42% of the query is called "Unknown" (56% pre-trained on the
+        reference alone, 3% without pre-training).
     model_kwargs, train_kwargs, pretrain_kwargs
         Passed to the model, :meth:`~scrobust_sc.model.SCRobust.train` and
         :meth:`~scrobust_sc.model.SCRobust.pretrain`.
@@ -330,9 +331,9 @@ def annotate(
     logger.info("Annotated %d cells; %d called %r.", target.n_obs, n_unknown, UNKNOWN_LABEL)
     if target.n_obs and n_unknown / target.n_obs > UNKNOWN_SHARE_WARNING:
         logger.warning(
-            "%.0f%% of the %d cells were called %r. Cells of types missing from the labels should be; but cells "
-            "from another platform or batch than the reference can look novel as a whole (their types still "
-            "right). Check obs[%r] and the probabilities, or pass novelty_threshold=None (or a higher value) "
+            "%.0f%% of the %d cells were called %r. Expected for cell types missing from the labels; but cells "
+            "from another platform or batch than the reference can look novel as a whole although their types "
+            "are right. Check obs[%r] and the probabilities, or pass novelty_threshold=None (or a higher value) "
             "to call Unknown on the probability rule alone.",
             100 * n_unknown / target.n_obs,
             target.n_obs,
