@@ -33,12 +33,16 @@ def test_fine_tuning_is_on_par_with_logistic_regression(pbmc):
 
 
 def test_a_held_out_type_is_mostly_called_unknown(pbmc):
-    """Monocytes never seen in training; novelty (default 1) vs a max-probability threshold of 0.5."""
+    """Monocytes never seen in training; novelty (default 1) vs a max-probability threshold of 0.5.
+
+    Fine-tuned for 20 epochs, not the default 500-step floor (about 37 epochs here): the
+    subject is the novelty score, and the floor doubled the suite's slowest test.
+    """
     train, test, truth = _split(pbmc)
     held_out = "CD14+ Monocyte"
     train = train[train.obs["cell_type"] != held_out].copy()
     scvi.settings.seed = 0
-    model = scrobust.tl.fit_annotator(train, "cell_type", pretrain=False, train_kwargs=QUIET)
+    model = scrobust.tl.fit_annotator(train, "cell_type", pretrain=False, train_kwargs={**QUIET, "max_epochs": 20})
     scrobust.tl.annotate(test, model=model)
     called = test.obs["scrobust_label"].astype(str).to_numpy() == "Unknown"
     novel = truth == held_out
