@@ -357,3 +357,33 @@ def test_training_shows_no_lightning_pytree_deprecation(stage, seeded):
         filters_after = list(warnings.filters)
     assert not [w for w in caught if "LeafSpec" in str(w.message)]
     assert filters_after == filters_before  # the caller's warning filters are left as they were
+
+
+def test_knn_monitor_logs_accuracy_and_trains_as_without(small_pbmc):
+    """With labels registered, pre-training logs kNN accuracy a few times; the weights do not notice."""
+    runs = {}
+    for monitor in (None, False):
+        scvi.settings.seed = 0
+        a = small_pbmc.copy()
+        SCRobust.setup_anndata(a, labels_key="cell_type")
+        model = SCRobust(a, **TINY)
+        model.pretrain(max_epochs=10, batch_size=32, knn_monitor=monitor, **QUIET)
+        runs[monitor] = model
+    knn = runs[None].history[scrobust.train.KNN_METRIC].iloc[:, 0].astype(float).dropna()
+    assert 2 <= len(knn) <= scrobust.train.KNN_EVALUATIONS + 1, knn
+    assert knn.index[-1] == 9  # the last epoch is always evaluated
+    assert ((knn >= 0) & (knn <= 1)).all()
+    assert scrobust.train.KNN_METRIC not in runs[False].history
+    np.testing.assert_array_equal(
+        runs[None].history["train_loss"].to_numpy(), runs[False].history["train_loss"].to_numpy()
+    )
+    np.testing.assert_array_equal(runs[None].get_latent_representation(), runs[False].get_latent_representation())
+
+
+def test_knn_monitor_needs_labels(small_pbmc, seeded):
+    SCRobust.setup_anndata(small_pbmc)
+    model = SCRobust(small_pbmc, **TINY)
+    with pytest.raises(ValueError, match="labels_key"):
+        model.pretrain(max_steps=2, knn_monitor=True, **QUIET)
+    model.pretrain(max_steps=2, **QUIET)  # None: off without labels
+    assert scrobust.train.KNN_METRIC not in model.history

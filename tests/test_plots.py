@@ -137,6 +137,18 @@ def test_history_panels_group_stages():
     }
 
 
+def test_history_draws_a_metric_logged_every_few_epochs_as_a_line():
+    """knn_accuracy is NaN between evaluations: the line joins the evaluated epochs."""
+    knn = pd.DataFrame({"knn_accuracy": [np.nan, 0.5, np.nan, 0.7]}, index=pd.Index(range(4), name="epoch"))
+    trained = type("Trained", (), {"history": {"knn_accuracy": knn}})()
+    (ax,) = scrobust.pl.history(trained)
+    assert ax.get_title() == "pre-training kNN accuracy"
+    (line,) = ax.get_lines()
+    np.testing.assert_array_equal(line.get_xdata(), [1, 3])
+    np.testing.assert_array_equal(line.get_ydata(), [0.5, 0.7])
+    plt.close("all")
+
+
 def test_history_needs_a_trained_model_and_known_keys():
     curve = pd.DataFrame({"train_loss": [2.0, 1.0]}, index=pd.Index([0, 1], name="epoch"))
     trained = type("Trained", (), {"history": {"train_loss": curve}})()

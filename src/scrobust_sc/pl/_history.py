@@ -14,6 +14,7 @@ PANELS: dict[str, Callable[[str], bool]] = {
         key in ("train_loss", "validation_loss") or key.startswith(("contrastive_", "expression_"))
     ),
     "fine-tuning loss": lambda key: key.startswith("classification_loss"),
+    "pre-training kNN accuracy": lambda key: key == "knn_accuracy",
     "fine-tuning accuracy and macro-F1": lambda key: key.startswith(("accuracy_", "f1_")),
 }
 
@@ -96,8 +97,9 @@ def history(
         for key in names:
             frame = hist[key]
             values = frame.iloc[:, 0].to_numpy(dtype=float)
+            logged = np.isfinite(values)  # metrics logged every few epochs (knn_accuracy) are NaN between
             style = "--" if "validation" in key else "-"
-            ax.plot(np.asarray(frame.index), values, style, marker="o", markersize=2.5, label=key)
+            ax.plot(np.asarray(frame.index)[logged], values[logged], style, marker="o", markersize=2.5, label=key)
         ax.set_title(title, fontsize="medium")
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
