@@ -15,7 +15,7 @@ logger = logging.getLogger("scrobust_sc")
 
 #: Name of the metric in ``model.history``.
 KNN_METRIC = "knn_accuracy"
-#: Labelled cells the monitor embeds at each evaluation (a seeded sample).
+#: About how many labelled cells the monitor embeds at each evaluation (a seeded sample).
 KNN_MAX_CELLS = 500
 #: Most evaluations per pre-training run (every ``ceil(max_epochs / KNN_EVALUATIONS)`` epochs, and the last).
 KNN_EVALUATIONS = 8
@@ -43,9 +43,10 @@ def knn_accuracy(z: np.ndarray, labels: np.ndarray, k: int = 15, folds: int = 5,
 
 
 def knn_sample(labels: np.ndarray, max_cells: int = KNN_MAX_CELLS, seed: int = 0) -> np.ndarray:
-    """Sorted indices of up to ``max_cells`` cells of the types with at least 5 of them; empty if under 2 types.
+    """Sorted indices of about ``max_cells`` cells of the types with at least 5 of them; empty if under 2 types.
 
-    Each type keeps a share of its cells proportional to its size (at least 5).
+    Each type keeps a share of its cells proportional to its size, and at least 5 (so
+    many small types can take the sample a little over ``max_cells``).
 
     Examples
     --------
