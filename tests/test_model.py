@@ -374,10 +374,13 @@ def test_knn_monitor_logs_accuracy_and_trains_as_without(small_pbmc):
     assert knn.index[-1] == 9  # the last epoch is always evaluated
     assert ((knn >= 0) & (knn <= 1)).all()
     assert scrobust.train.KNN_METRIC not in runs[False].history
-    np.testing.assert_array_equal(
-        runs[None].history["train_loss"].to_numpy(), runs[False].history["train_loss"].to_numpy()
+    # the same random draws, so the same run up to rounding (BLAS results may differ in the last bit
+    # with memory alignment); other views would move the losses by ~1e-2
+    losses = [runs[m].history["train_loss"].to_numpy(dtype=float) for m in (None, False)]
+    np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
+    np.testing.assert_allclose(
+        runs[None].get_latent_representation(), runs[False].get_latent_representation(), rtol=1e-4, atol=1e-5
     )
-    np.testing.assert_array_equal(runs[None].get_latent_representation(), runs[False].get_latent_representation())
 
 
 def test_knn_monitor_needs_labels(small_pbmc, seeded):

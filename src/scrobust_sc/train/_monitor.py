@@ -76,7 +76,8 @@ class KNNMonitor(Callback):
     """Logs :data:`KNN_METRIC` (:func:`knn_accuracy` of ``labels`` from ``embed()``) during pre-training.
 
     Evaluated every ``every_n_epochs`` epochs and after the last one; the random state of
-    the run is restored afterwards, so a run with the monitor trains exactly as one without.
+    the run is restored afterwards, so a run with the monitor makes the same random draws as
+    one without (the same run, up to floating-point rounding).
 
     Parameters
     ----------
