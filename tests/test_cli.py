@@ -135,9 +135,28 @@ def test_cli_no_gene_overlap(files, small_pbmc, capsys):
     assert "gene" in capsys.readouterr().err
 
 
-def test_the_module_entry_point_prints_help():
-    out = subprocess.run([sys.executable, "-m", "scrobust_sc.cli", "--help"], capture_output=True, text=True)
-    assert out.returncode == 0 and "usage: scrobust" in out.stdout
+def test_the_module_entry_point_prints_help_without_importing_the_training_stack():
+    """``scrobust --help`` answers at once: scvi-tools, Lightning and torch load on first use (~12 s)."""
+    probe = (
+        "import sys, runpy\n"
+        "sys.argv = ['scrobust', '--help']\n"
+        "try:\n    runpy.run_module('scrobust_sc.cli', run_name='__main__')\n"
+        "except SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('scvi', 'torch', 'lightning', 'scanpy') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert out.returncode == 0 and "usage: scrobust" in out.stdout, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout.strip().splitlines()[-1]
+
+
+def test_the_package_names_its_lazily_loaded_modules():
+    import scrobust_sc
+    from scrobust_sc.model import SCRobust
+
+    assert scrobust_sc.SCRobust is SCRobust and callable(scrobust_sc.tl.annotate)
+    assert set(scrobust_sc.__all__) <= set(dir(scrobust_sc))
+    with pytest.raises(AttributeError, match="no attribute 'annotate'"):
+        scrobust_sc.annotate  # noqa: B018
 
 
 def test_cli_help_for_every_subcommand(capsys):
