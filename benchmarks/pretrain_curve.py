@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import time
 from pathlib import Path
@@ -51,15 +50,7 @@ def main() -> None:
     labels = adata.obs[args.labels_key].astype(str).to_numpy()
     cells = knn_sample(labels, seed=args.seed)
     random_weights = knn_accuracy(model.get_latent_representation(indices=cells), labels[cells])
-    # the epochs pretrain() derives from the step budget, as in SCRobust.pretrain
-    n_train = adata.n_obs - math.ceil(0.1 * adata.n_obs)
-    steps_per_epoch = max(n_train // min(64, n_train), 1)
-    epochs = math.ceil(args.steps / steps_per_epoch)
-    monitor = KNNMonitor(
-        lambda: model.get_latent_representation(indices=cells),
-        labels[cells],
-        every_n_epochs=max(1, epochs // args.evaluations),
-    )
+    monitor = KNNMonitor(lambda: model.get_latent_representation(indices=cells), labels[cells], args.evaluations)
     start = time.perf_counter()
     model.pretrain(
         max_steps=args.steps,
@@ -70,15 +61,14 @@ def main() -> None:
     )
     seconds = time.perf_counter() - start
     history = model.history
-    knn = history[KNN_METRIC].iloc[:, 0].astype(float)
+    knn = history[KNN_METRIC].iloc[:, 0].astype(float).dropna()
     rows = [{"step": 0, "knn_accuracy": round(random_weights, 4)}]
-    for epoch in knn.dropna().index:
-        row = {"epoch": int(epoch) + 1, "step": min((int(epoch) + 1) * steps_per_epoch, args.steps)}
-        row["knn_accuracy"] = round(float(knn.loc[epoch]), 4)
+    for (epoch, step), accuracy in zip(monitor.evaluated, knn.to_numpy(), strict=True):
+        row = {"epoch": epoch, "step": step, "knn_accuracy": round(float(accuracy), 4)}
         for key in ("contrastive_loss_validation", "expression_loss_validation"):
             values = history[key].iloc[:, 0].astype(float) if key in history else None
-            if values is not None and epoch in values.index and np.isfinite(values.loc[epoch]):
-                row[key] = round(float(values.loc[epoch]), 4)  # none when the step budget ends an epoch early
+            if values is not None and epoch - 1 in values.index and np.isfinite(values.loc[epoch - 1]):
+                row[key] = round(float(values.loc[epoch - 1]), 4)  # none when the step budget ends an epoch early
         rows.append(row)
     result = {
         "dataset": dataset,

@@ -50,7 +50,6 @@ from scrobust_sc.model._linear_expert import expert_rows, fit_linear_expert
 from scrobust_sc.model._linear_genes import AUTO_LINEAR_HVGS, MAX_CHOICE_CELLS, choice_rows, choose_linear_genes
 from scrobust_sc.module import SCRobustModule, default_view_size
 from scrobust_sc.train import (
-    KNN_EVALUATIONS,
     ClassifierPlan,
     InterruptRecorder,
     KNNMonitor,
@@ -636,7 +635,7 @@ class SCRobust(BaseModelClass):
         finally:
             signal.signal(signal.SIGINT, sigint_handler)  # Lightning leaves Ctrl+C ignored
 
-    def _knn_monitor(self, request: bool | None, max_epochs: int) -> KNNMonitor | None:
+    def _knn_monitor(self, request: bool | None) -> KNNMonitor | None:
         """The pre-training's :class:`~scrobust_sc.train.KNNMonitor` on the registered labels, if any."""
         if request is False:
             return None
@@ -650,11 +649,7 @@ class SCRobust(BaseModelClass):
                     "`SCRobust.setup_anndata(adata, labels_key=...)`, or pass knn_monitor=None."
                 )
             return None
-        return KNNMonitor(
-            lambda: self.get_latent_representation(indices=cells),
-            codes[cells],
-            every_n_epochs=math.ceil(max_epochs / KNN_EVALUATIONS),
-        )
+        return KNNMonitor(lambda: self.get_latent_representation(indices=cells), codes[cells])
 
     def _batch_size_for(self, n_cells: int, batch_size: int, minimum: int = 2) -> int:
         if n_cells < minimum:
@@ -741,7 +736,7 @@ class SCRobust(BaseModelClass):
         if max_steps is not None:
             trainer_kwargs["max_steps"] = max_steps
         plan = PretrainingPlan(self.module, lr=lr, **(plan_kwargs or {}))
-        monitor = self._knn_monitor(knn_monitor, max_epochs)
+        monitor = self._knn_monitor(knn_monitor)
         if monitor is not None:
             trainer_kwargs["callbacks"] = [*(trainer_kwargs.get("callbacks") or []), monitor]
         self.train_params_["pretrain"] = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -75,9 +76,11 @@ def knn_sample(labels: np.ndarray, max_cells: int = KNN_MAX_CELLS, seed: int = 0
 class KNNMonitor(Callback):
     """Logs :data:`KNN_METRIC` (:func:`knn_accuracy` of ``labels`` from ``embed()``) during pre-training.
 
-    Evaluated every ``every_n_epochs`` epochs and after the last one; the random state of
-    the run is restored afterwards, so a run with the monitor makes the same random draws as
-    one without (the same run, up to floating-point rounding).
+    Evaluated about ``evaluations`` times over the run's epochs (every
+    ``ceil(max_epochs / evaluations)`` epochs) and after the last one; :attr:`evaluated`
+    records the epoch and optimiser step of each evaluation. The random state of the run is
+    restored afterwards, so a run with the monitor makes the same random draws as one
+    without (the same run, up to floating-point rounding).
 
     Parameters
     ----------
@@ -85,26 +88,31 @@ class KNNMonitor(Callback):
         Returns the embeddings of the monitored cells with the current weights.
     labels
         Their labels.
-    every_n_epochs
-        Epochs between evaluations.
+    evaluations
+        About how many evaluations a run gets.
 
     Examples
     --------
-    >>> monitor = KNNMonitor(lambda: np.eye(10), np.repeat(["a", "b"], 5), every_n_epochs=2)
-    >>> monitor.every_n_epochs
-    2
+    >>> monitor = KNNMonitor(lambda: np.eye(10), np.repeat(["a", "b"], 5), evaluations=4)
+    >>> monitor.evaluations, monitor.evaluated
+    (4, [])
     """
 
-    def __init__(self, embed: Callable[[], np.ndarray], labels: np.ndarray, every_n_epochs: int):
+    def __init__(self, embed: Callable[[], np.ndarray], labels: np.ndarray, evaluations: int = KNN_EVALUATIONS):
+        if evaluations < 1:
+            raise ValueError(f"evaluations must be at least 1, not {evaluations!r}.")
         self.embed = embed
         self.labels = np.asarray(labels)
-        self.every_n_epochs = max(1, int(every_n_epochs))
+        self.evaluations = int(evaluations)
+        #: ``(epoch, step)`` of each evaluation so far, 1-based epochs, in the order they ran
+        self.evaluated: list[tuple[int, int]] = []
 
     def _due(self, trainer) -> bool:
         epoch = trainer.current_epoch + 1
+        every = math.ceil(trainer.max_epochs / self.evaluations) if trainer.max_epochs and trainer.max_epochs > 0 else 1
         last_epoch = trainer.max_epochs is not None and epoch >= trainer.max_epochs
         last_step = trainer.max_steps is not None and 0 < trainer.max_steps <= trainer.global_step
-        return epoch % self.every_n_epochs == 0 or last_epoch or last_step
+        return epoch % every == 0 or last_epoch or last_step
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if not self._due(trainer):
@@ -116,6 +124,7 @@ class KNNMonitor(Callback):
         finally:
             torch.set_rng_state(rng_state)
             pl_module.train(training)
+        self.evaluated.append((trainer.current_epoch + 1, trainer.global_step))
         pl_module.log(KNN_METRIC, accuracy, on_step=False, on_epoch=True, batch_size=len(self.labels))
         logger.info(
             "Pre-training epoch %d (step %d): kNN accuracy of the labels from the embeddings %.3f",
