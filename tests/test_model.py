@@ -320,29 +320,6 @@ def test_encoder_lr_scale_slows_the_encoder_only(small_pbmc, seeded):
         model.train(max_epochs=1, plan_kwargs={"encoder_lr_scale": 0}, **QUIET)
 
 
-def test_training_uses_fused_adamw_on_cpu_with_the_plain_update():
-    from scrobust_sc.train import adamw
-
-    torch.manual_seed(0)
-    layers = [torch.nn.Linear(6, 3) for _ in range(2)]
-    layers[1].load_state_dict(layers[0].state_dict())
-    optimizers = [
-        adamw([{"params": list(layers[0].parameters())}], lr=1e-2, weight_decay=0.01),
-        torch.optim.AdamW(layers[1].parameters(), lr=1e-2, weight_decay=0.01),
-    ]
-    assert optimizers[0].defaults["fused"] and not optimizers[1].defaults["fused"]
-    x = torch.randn(8, 6)
-    for _ in range(3):
-        for layer, optimizer in zip(layers, optimizers, strict=True):
-            optimizer.zero_grad()
-            layer(x).square().sum().backward()
-            optimizer.step()
-    for a, b in zip(layers[0].parameters(), layers[1].parameters(), strict=True):
-        torch.testing.assert_close(a, b)
-    meta = torch.nn.Linear(2, 2, device="meta")
-    assert not adamw([{"params": list(meta.parameters())}], lr=1e-3, weight_decay=0.0).defaults["fused"]
-
-
 def test_default_fine_tuning_epochs_reach_a_step_floor_on_small_references():
     from scrobust_sc.model._model import DEFAULT_FINETUNE_EPOCHS, MIN_FINETUNE_STEPS, finetune_epochs
 
