@@ -18,10 +18,9 @@ def run_demo(out: Path, *, max_steps: int = 2000, verbose: bool = False) -> dict
     import matplotlib.pyplot as plt
     import scanpy as sc
     import scvi
-    from sklearn.model_selection import cross_val_score
-    from sklearn.neighbors import KNeighborsClassifier
 
     import scrobust_sc as scrobust
+    from scrobust_sc.train import knn_accuracy
 
     if not verbose:
         for name in ("lightning.pytorch", "lightning.fabric"):
@@ -35,14 +34,11 @@ def run_demo(out: Path, *, max_steps: int = 2000, verbose: bool = False) -> dict
     model = scrobust.model.SCRobust(adata)
     labels = adata.obs["cell_type"].to_numpy()
 
-    def knn(z):
-        return float(cross_val_score(KNeighborsClassifier(15), z, labels, cv=5).mean())
-
-    knn_random = knn(model.get_latent_representation())
+    knn_random = knn_accuracy(model.get_latent_representation(), labels)
     logger.info("pre-training for %d steps ...", max_steps)
     model.pretrain(max_steps=max_steps, enable_progress_bar=verbose)
     scrobust.tl.embed(adata, model)
-    knn_trained = knn(adata.obsm["X_scrobust"])
+    knn_trained = knn_accuracy(adata.obsm["X_scrobust"], labels)
     sc.pp.neighbors(adata, use_rep="X_scrobust", random_state=0)
     sc.tl.leiden(adata, flavor="igraph", n_iterations=2, random_state=0)
     sc.tl.umap(adata, random_state=0)
