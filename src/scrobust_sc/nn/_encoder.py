@@ -43,7 +43,7 @@ class GeneTokenEmbedding(nn.Module):
 
     def gene_vectors(self, gene_idx: torch.Tensor) -> torch.Tensor:
         """Raw (un-normalised) embeddings of genes given by gene index (0-based)."""
-        return self.weight[gene_idx + N_SPECIAL_TOKENS]
+        return F.embedding(gene_idx + N_SPECIAL_TOKENS, self.weight)
 
     def forward(self, gene_idx: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         """Embed ``(B, L)`` genes with values and prepend the CLS token: ``(B, L + 1, d)``."""
@@ -64,7 +64,8 @@ class GeneTokenEmbedding(nn.Module):
         >>> cls.shape, tokens.shape
         (torch.Size([1, 1, 4]), torch.Size([1, 2, 4]))
         """
-        rows = self.weight[gene_idx + N_SPECIAL_TOKENS]
+        # F.embedding, not weight[idx]: its backward sums rows' gradients about twice as fast on CPU
+        rows = F.embedding(gene_idx + N_SPECIAL_TOKENS, self.weight)
         scale = (values / torch.linalg.vector_norm(rows, dim=-1).clamp_min(1e-12)).unsqueeze(-1)
         if self.value_encoding == "mlp":
             tokens = torch.addcmul(self.value_mlp(values.unsqueeze(-1)), rows, scale)
