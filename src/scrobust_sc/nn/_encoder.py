@@ -64,7 +64,7 @@ class GeneTokenEmbedding(nn.Module):
         >>> cls.shape, tokens.shape
         (torch.Size([1, 1, 4]), torch.Size([1, 2, 4]))
         """
-        # F.embedding, not weight[idx]: its backward sums rows' gradients about twice as fast on CPU
+        # F.embedding, not weight[idx]: on CPU its backward sums the rows' gradients ~1.4x as fast
         rows = F.embedding(gene_idx + N_SPECIAL_TOKENS, self.weight)
         scale = (values / torch.linalg.vector_norm(rows, dim=-1).clamp_min(1e-12)).unsqueeze(-1)
         if self.value_encoding == "mlp":
