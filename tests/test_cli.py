@@ -159,6 +159,15 @@ def test_the_package_names_its_lazily_loaded_modules():
         scrobust_sc.annotate  # noqa: B018
 
 
+def test_cli_prints_its_version(capsys):
+    import scrobust_sc
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.strip() == f"scrobust {scrobust_sc.__version__}"
+
+
 def test_cli_help_for_every_subcommand(capsys):
     """In-process: one interpreter start per subcommand took a minute of the suite."""
     subcommands = build_parser()._subparsers._group_actions[0].choices

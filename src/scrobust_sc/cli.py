@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+from scrobust_sc import __version__
+
 logger = logging.getLogger("scrobust_sc")
 
 
@@ -207,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``scrobust`` command."""
     parser = argparse.ArgumentParser(prog="scrobust", description="scRobust cell embeddings and annotation.")
     parser.add_argument("-v", "--verbose", action="store_true", help="progress bars and Lightning logs")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p, *, model=False):
