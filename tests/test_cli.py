@@ -1,3 +1,5 @@
+import importlib
+import pkgutil
 import subprocess
 import sys
 
@@ -154,6 +156,11 @@ def test_the_package_names_its_lazily_loaded_modules():
     from scrobust_sc.model import SCRobust
 
     assert scrobust_sc.SCRobust is SCRobust and callable(scrobust_sc.tl.annotate)
+    # every public subpackage, also where nothing imported it before (as in a fresh process)
+    subpackages = [m.name for m in pkgutil.iter_modules(scrobust_sc.__path__) if m.ispkg and not m.name.startswith("_")]
+    assert {"train", "module", "tl"} <= set(subpackages)
+    for name in subpackages:
+        assert scrobust_sc.__getattr__(name) is importlib.import_module(f"scrobust_sc.{name}"), name
     assert set(scrobust_sc.__all__) <= set(dir(scrobust_sc))
     with pytest.raises(AttributeError, match="no attribute 'annotate'"):
         scrobust_sc.annotate  # noqa: B018

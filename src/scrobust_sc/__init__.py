@@ -14,13 +14,16 @@ from ._settings import settings
 
 if TYPE_CHECKING:
     from . import benchmark, data, model, nn, pl, pp, tl
+    from . import module as module
+    from . import train as train
     from .model import SCRobust
 
 __version__ = "0.1.0"
 
 logging.getLogger("scrobust_sc").addHandler(logging.NullHandler())
 
-_SUBMODULES = ("benchmark", "data", "model", "nn", "pl", "pp", "tl")
+#: every public subpackage, including ``module`` and ``train``, which are not in ``__all__``
+_SUBMODULES = ("benchmark", "data", "model", "module", "nn", "pl", "pp", "tl", "train")
 
 __all__ = ["SCRobust", "__version__", "benchmark", "data", "model", "nn", "pl", "pp", "settings", "tl"]
 
