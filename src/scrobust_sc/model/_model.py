@@ -713,10 +713,12 @@ class SCRobust(BaseModelClass):
             training starts from the beginning.
         knn_monitor
             Log ``knn_accuracy`` in :attr:`history`: 5-fold kNN (k 15) accuracy of the
-            registered labels from the embeddings (:meth:`get_latent_representation`) of up
-            to 500 labelled cells, about 8 times a run (NaN between). The labels never reach
-            the weights, and the run makes the same random draws as without it. ``None``: on when labels
-            with at least 2 types of 5 cells are registered.
+            registered labels from the embeddings (:meth:`get_latent_representation`) of
+            about 500 labelled cells (at least 5 a type), about 8 times a run (NaN between).
+            The labels never reach the weights, and the run makes the same random draws as
+            without it. ``None``: on when labels with at least 2 types of 5 cells are
+            registered. For other cells or another schedule, pass ``knn_monitor=False,
+            callbacks=[KNNMonitor(...)]`` (:class:`~scrobust_sc.train.KNNMonitor`).
         **trainer_kwargs
             Passed to :class:`scvi.train.Trainer` (e.g. ``enable_progress_bar=False``).
 
