@@ -26,6 +26,10 @@ def _loss_and_grad(x1: np.ndarray, x2: np.ndarray, weight: np.ndarray):
 
 
 def _worker(rank: int, world: int, port: int, x1, x2, weight, out: str) -> None:
+    # the whole training stack, as every real DDP worker has it: with only scrobust_sc.nn imported
+    # (the package loads lazily) a worker aborted at exit about 1 run in 10 (SIGABRT in gloo's teardown)
+    import scrobust_sc.model  # noqa: F401
+
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
