@@ -1,4 +1,5 @@
 import warnings
+from types import SimpleNamespace
 
 import anndata as ad
 import numpy as np
@@ -395,6 +396,23 @@ def test_knn_monitor_records_the_step_of_each_evaluation(small_pbmc, seeded):
     assert list(knn.index) == [1, 2]
     with pytest.raises(ValueError, match="evaluations must be at least 1"):
         scrobust.train.KNNMonitor(model.get_latent_representation, labels, evaluations=0)
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_knn_monitor_evaluates_on_the_first_process_only(rank):
+    """Under data parallelism every process would embed the same cells for the same value: rank 0 does it."""
+    calls, logged = [], []
+    labels = np.repeat(["a", "b"], 10)
+    z = np.eye(2)[(labels == "b").astype(int)]
+    monitor = scrobust.train.KNNMonitor(lambda: calls.append(1) or z, labels, evaluations=1)
+    trainer = SimpleNamespace(current_epoch=0, max_epochs=1, max_steps=-1, global_step=5, global_rank=rank)
+    module = SimpleNamespace(training=True, train=lambda mode: None, log=lambda *a, **k: logged.append((a, k)))
+    monitor.on_train_epoch_end(trainer, module)
+    assert len(calls) == len(logged) == len(monitor.evaluated) == (1 if rank == 0 else 0)
+    if rank == 0:
+        (name, value), options = logged[0]
+        assert (name, value) == (scrobust.train.KNN_METRIC, 1.0)
+        assert options["rank_zero_only"]  # no other process logs it, so nothing may wait for them
 
 
 def test_knn_monitor_needs_labels(small_pbmc, seeded):

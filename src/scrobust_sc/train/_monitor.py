@@ -80,7 +80,8 @@ class KNNMonitor(Callback):
     ``ceil(max_epochs / evaluations)`` epochs) and after the last one; :attr:`evaluated`
     records the epoch and optimiser step of each evaluation. The random state of the run is
     restored afterwards, so a run with the monitor makes the same random draws as one
-    without (the same run, up to floating-point rounding).
+    without (the same run, up to floating-point rounding). In a data-parallel run only the
+    first process (rank 0) evaluates and logs it: every process holds the same weights.
 
     Parameters
     ----------
@@ -115,7 +116,8 @@ class KNNMonitor(Callback):
         return epoch % every == 0 or last_epoch or last_step
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        if not self._due(trainer):
+        # every process of a data-parallel run holds the same weights: the first evaluates for all
+        if getattr(trainer, "global_rank", 0) != 0 or not self._due(trainer):
             return
         rng_state = torch.get_rng_state()
         training = pl_module.training
@@ -125,7 +127,9 @@ class KNNMonitor(Callback):
             torch.set_rng_state(rng_state)
             pl_module.train(training)
         self.evaluated.append((trainer.current_epoch + 1, trainer.global_step))
-        pl_module.log(KNN_METRIC, accuracy, on_step=False, on_epoch=True, batch_size=len(self.labels))
+        pl_module.log(
+            KNN_METRIC, accuracy, on_step=False, on_epoch=True, batch_size=len(self.labels), rank_zero_only=True
+        )
         logger.info(
             "Pre-training epoch %d (step %d): kNN accuracy of the labels from the embeddings %.3f",
             trainer.current_epoch + 1,
