@@ -8,15 +8,29 @@ import torch.nn.functional as F
 
 
 def gather_across_processes(t: torch.Tensor) -> torch.Tensor:
-    """Concatenate ``t`` from every data-parallel process, keeping gradients.
+    """Concatenate ``t`` from every data-parallel process along the first axis, keeping gradients.
 
+    The gradient of each process's rows is summed over the processes (a reduce-scatter).
+    Uses torch's functional collectives; ``torch.distributed.nn.functional.all_gather``,
+    which torch deprecates, also left gloo workers aborting at exit now and then.
     Returns ``t`` unchanged outside distributed training.
+
+    Examples
+    --------
+    >>> import torch
+    >>> gather_across_processes(torch.ones(2, 3)).shape  # one process: nothing to gather
+    torch.Size([2, 3])
     """
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return t
-    from torch.distributed.nn.functional import all_gather
+    from torch.distributed import _functional_collectives as collectives
 
-    return torch.cat(all_gather(t), dim=0)
+    gather = getattr(collectives, "all_gather_single", None)  # with autograd in the torch this is tested on
+    if gather is None:  # older torch
+        from torch.distributed.nn.functional import all_gather
+
+        return torch.cat(all_gather(t), dim=0)
+    return gather(t.contiguous(), 0, dist.group.WORLD)
 
 
 def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.07) -> torch.Tensor:
