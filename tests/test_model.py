@@ -422,3 +422,29 @@ def test_knn_monitor_needs_labels(small_pbmc, seeded):
         model.pretrain(max_steps=2, knn_monitor=True, **QUIET)
     model.pretrain(max_steps=2, **QUIET)  # None: off without labels
     assert scrobust.train.KNN_METRIC not in model.history
+
+
+class _SplitterSeen(Exception):
+    pass
+
+
+@pytest.mark.parametrize(("strategy", "sharded"), [("ddp_find_unused_parameters_true", True), (None, False)])
+def test_data_parallel_training_loads_a_share_of_each_batch_per_process(small_pbmc, monkeypatch, strategy, sharded):
+    """Under DDP each process needs scvi-tools' distributed sampler: without it Lightning's own
+    sampler handed the encoder batches of batches, and pre-training stopped at its first step."""
+    seen = {}
+
+    def splitter(*args, **kwargs):
+        seen.update(kwargs)
+        raise _SplitterSeen
+
+    SCRobust.setup_anndata(small_pbmc)
+    model = SCRobust(small_pbmc, **TINY)
+    monkeypatch.setattr(model, "_data_splitter_cls", splitter)
+    trainer = {} if strategy is None else {"strategy": strategy}
+    with pytest.raises(_SplitterSeen):
+        model.pretrain(max_steps=2, **trainer, **QUIET)
+    assert seen["distributed_sampler"] is sharded
+    with pytest.raises(_SplitterSeen):  # the caller's datasplitter_kwargs still win
+        model.pretrain(max_steps=2, datasplitter_kwargs={"distributed_sampler": False}, **trainer, **QUIET)
+    assert seen["distributed_sampler"] is False

@@ -104,6 +104,24 @@ def _resolve_keep_best(keep_best, train_codes: np.ndarray, val_codes: np.ndarray
     return False
 
 
+def shards_batches(strategy) -> bool:
+    """Whether Lightning's ``strategy`` runs data-parallel processes (DDP in any form).
+
+    Each such process must then load its own share of the cells: scvi-tools'
+    distributed sampler, as its own models use under DDP.
+
+    Examples
+    --------
+    >>> shards_batches("ddp_find_unused_parameters_true"), shards_batches(None), shards_batches("auto")
+    (True, False, False)
+    """
+    from lightning.pytorch.strategies import DDPStrategy
+
+    if isinstance(strategy, str):
+        return "ddp" in strategy
+    return isinstance(strategy, DDPStrategy)
+
+
 def finetune_epochs(n_cells: int, batch_size: int, *, drop_last: bool) -> int:
     """Default fine-tuning epochs: :data:`DEFAULT_FINETUNE_EPOCHS`, or enough for :data:`MIN_FINETUNE_STEPS`.
 
@@ -575,7 +593,13 @@ class SCRobust(BaseModelClass):
         checkpoint_dir: str | Path | None = None,
         resume: bool = False,
     ):
-        splitter_kwargs = {"batch_size": batch_size, "drop_last": drop_last, **(datasplitter_kwargs or {})}
+        splitter_kwargs = {
+            "batch_size": batch_size,
+            "drop_last": drop_last,
+            # under DDP each process must load its own share of every batch (scvi-tools' sampler)
+            "distributed_sampler": shards_batches(trainer_kwargs.get("strategy")),
+            **(datasplitter_kwargs or {}),
+        }
         if indices is None:
             splitter = self._data_splitter_cls(
                 self.adata_manager,
