@@ -21,6 +21,7 @@ from scvi.data import AnnDataManager
 from scvi.data._constants import _SCVI_UUID_KEY, _SETUP_ARGS_KEY
 from scvi.data.fields import CategoricalObsField, LabelsWithUnlabeledObsField, LayerField
 from scvi.dataloaders import DataSplitter
+from scvi.model._utils import use_distributed_sampler
 from scvi.model.base import BaseModelClass
 
 from scrobust_sc._constants import GENE_SELECTIONS, UNKNOWN_LABEL
@@ -102,24 +103,6 @@ def _resolve_keep_best(keep_best, train_codes: np.ndarray, val_codes: np.ndarray
             ", ..." if unseen.size > 5 else "",
         )
     return False
-
-
-def shards_batches(strategy) -> bool:
-    """Whether Lightning's ``strategy`` runs data-parallel processes (DDP in any form).
-
-    Each such process must then load its own share of the cells: scvi-tools'
-    distributed sampler, as its own models use under DDP.
-
-    Examples
-    --------
-    >>> shards_batches("ddp_find_unused_parameters_true"), shards_batches(None), shards_batches("auto")
-    (True, False, False)
-    """
-    from lightning.pytorch.strategies import DDPStrategy
-
-    if isinstance(strategy, str):
-        return "ddp" in strategy
-    return isinstance(strategy, DDPStrategy)
 
 
 def finetune_epochs(n_cells: int, batch_size: int, *, drop_last: bool) -> int:
@@ -596,8 +579,8 @@ class SCRobust(BaseModelClass):
         splitter_kwargs = {
             "batch_size": batch_size,
             "drop_last": drop_last,
-            # under DDP each process must load its own share of every batch (scvi-tools' sampler)
-            "distributed_sampler": shards_batches(trainer_kwargs.get("strategy")),
+            # under DDP each process must load its own share of every batch: scvi-tools' sampler, by its own rule
+            "distributed_sampler": use_distributed_sampler(trainer_kwargs.get("strategy")),
             **(datasplitter_kwargs or {}),
         }
         if indices is None:
