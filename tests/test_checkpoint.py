@@ -107,6 +107,20 @@ def test_interrupted_pretraining_resumes_to_the_uninterrupted_result(cells, tmp_
     np.testing.assert_array_equal(resumed.get_latent_representation(), reference.get_latent_representation())
 
 
+def test_rerunning_a_finished_pretraining_fine_tunes_to_the_uninterrupted_result(cells, tmp_path):
+    # a script re-run after its pre-training finished: resume=True skips the pre-training,
+    # and the fine-tuning that follows must draw the same random numbers as in the first run
+    first = _fresh(cells)
+    first.pretrain(checkpoint_dir=tmp_path, resume=True, **PRETRAIN)
+    first.train(**FINE_TUNE)
+    rerun = _fresh(cells)
+    torch.manual_seed(1)
+    rerun.pretrain(checkpoint_dir=tmp_path, resume=True, **PRETRAIN)
+    rerun.train(**FINE_TUNE)
+    _assert_same_weights(rerun, first)
+    np.testing.assert_array_equal(rerun.predict_proba().to_numpy(), first.predict_proba().to_numpy())
+
+
 KILLED_RUN = """
 import os, signal, sys
 import scvi, torch

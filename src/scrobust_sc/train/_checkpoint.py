@@ -191,12 +191,14 @@ class EpochCheckpoint(Callback):
         self._epoch_history: dict = {}
         self._restored_split: dict | None = None
         self._split: dict = {}
+        self._rng_at_resume: dict | None = None
 
     @property
     def state_key(self) -> str:
         return "scrobust_epoch_checkpoint"
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._rng_at_resume = None
         self._epoch_history = _epoch_history(trainer)
         trainer.save_checkpoint(self.path)
 
@@ -214,6 +216,7 @@ class EpochCheckpoint(Callback):
         # Lightning restores callbacks just before the fit loop starts: nothing random happens in
         # between, as after the epoch end that wrote the checkpoint in the interrupted run
         restore_rng(state_dict["rng"])
+        self._rng_at_resume = state_dict["rng"]
         self._restored_split = state_dict.get("split")
 
     def setup(self, trainer, pl_module, stage: str) -> None:
@@ -232,6 +235,14 @@ class EpochCheckpoint(Callback):
                     f"The checkpoint in {self.path.parent} was trained on another data split ({name} differs): "
                     "resume with the same AnnData and the same `scvi.settings.seed`."
                 )
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        # Resuming a run that had already finished trains no epoch, yet Lightning still sets up
+        # the data loaders, and each opening draws from the torch random state. Put back the state
+        # the finished run ended with, so that what follows (fine-tuning after pre-training)
+        # draws the same numbers as after the uninterrupted run.
+        if self._rng_at_resume is not None:
+            restore_rng(self._rng_at_resume)
 
 
 def describe_mismatch(saved: dict, current: dict) -> list[str]:
