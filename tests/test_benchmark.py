@@ -106,6 +106,32 @@ def test_bad_protocol_methods_and_split_key_are_refused():
         benchmark.run_benchmark(adata, protocol="ablation", scrobust_options={"train_kwarg": {}})
 
 
+def test_ablation_pretrains_once_a_split_and_scores_each_variant_as_if_run_alone(monkeypatch, one_thread):
+    from scrobust_sc.benchmark._methods import QUICK_SCROBUST
+    from scrobust_sc.train import PretrainingPlan
+
+    steps = []
+    step = PretrainingPlan.training_step
+
+    def counted_step(self, batch, batch_idx):
+        steps.append(batch_idx)
+        return step(self, batch, batch_idx)
+
+    monkeypatch.setattr(PretrainingPlan, "training_step", counted_step)
+    adata = scrobust.data.pbmc_demo()
+    table = benchmark.run_benchmark(adata, protocol="ablation", folds=[0], quick=True)
+    f1 = table.query("metric == 'f1_macro'").set_index("method")["value"]
+    assert list(f1.index) == list(benchmark.ABLATION_VARIANTS)
+    # four variants start from a pre-trained encoder; the one pre-training is shared
+    assert len(steps) == QUICK_SCROBUST["pretrain_kwargs"]["max_steps"]
+    notes = table.drop_duplicates("method").set_index("method")["note"].fillna("")
+    assert [benchmark.SHARED_PRETRAINING_NOTE in n for n in notes] == [False, False, True, True, True]
+    hvg_alone = benchmark.run_benchmark(
+        adata, methods=["scrobust"], folds=[0], quick=True, scrobust_options=benchmark.ABLATION_VARIANTS["HVGs"]
+    )
+    assert hvg_alone.query("metric == 'f1_macro'")["value"].item() == f1["HVGs"]
+
+
 def test_novel_protocol_scores_each_held_out_type():
     adata = scrobust.data.pbmc_demo()
     partial = []

@@ -17,7 +17,7 @@ from ._methods import (
 )
 from ._metrics import classification_scores, novel_type_scores
 from ._report import markdown_table, plot_benchmark, summarize, write_report
-from ._run import COLUMNS, PROTOCOLS, quick_subset, run_benchmark
+from ._run import COLUMNS, PROTOCOLS, SHARED_PRETRAINING_NOTE, quick_subset, run_benchmark, share_pretraining
 from ._splits import Split, cross_splits, cv_splits, novel_splits
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "PROTOCOLS",
     "Prediction",
     "SCROBUST_OPTIONS",
+    "SHARED_PRETRAINING_NOTE",
     "Split",
     "celltypist_method",
     "check_scrobust_options",
@@ -49,6 +50,7 @@ __all__ = [
     "run_benchmark",
     "scanvi_method",
     "scrobust_method",
+    "share_pretraining",
     "summarize",
     "write_report",
 ]

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import anndata as ad
 import numpy as np
@@ -23,6 +25,8 @@ PROTOCOLS = ("cv", "dropout", "novel", "cross", "ablation")
 COLUMNS = ["dataset", "protocol", "dropout", "method", "repeat", "fold", "metric", "value", "seconds", "note"]
 #: ``--quick``: at most this many cells (stratified) and this many splits
 QUICK_CELLS, QUICK_SPLITS = 300, 2
+#: ``note`` of an ablation variant that started from the split's shared pre-training
+SHARED_PRETRAINING_NOTE = "pre-training shared with the split's first pre-trained variant (not in seconds)"
 
 
 def quick_subset(adata: ad.AnnData, labels_key: str, n_cells: int = QUICK_CELLS, seed: int = 0) -> ad.AnnData:
@@ -58,6 +62,30 @@ def _splits(protocol: str, adata: ad.AnnData, labels_key: str, n_folds: int, see
             )
         return cross_splits(adata.obs[split_key].astype(str).to_numpy(), labels)
     return cv_splits(labels, n_folds, seed=seed)
+
+
+def share_pretraining(options: dict | None, folder: str) -> dict | None:
+    """Options under which the pre-trained variants of one split pre-train once, in ``folder``.
+
+    The first variant that pre-trains writes its finished run to ``folder``
+    (``checkpoint_dir``); the next ones resume it, which skips their pre-training and leaves
+    the weights and the random state as that run left them. Each variant then scores as if it
+    had pre-trained alone. Options without pre-training, or with their own
+    ``checkpoint_dir``, are returned unchanged.
+
+    Examples
+    --------
+    >>> share_pretraining({"train_kwargs": {"gene_selection": "hvg"}}, "/tmp/fold0")["pretrain_kwargs"]
+    {'checkpoint_dir': '/tmp/fold0', 'resume': True}
+    >>> share_pretraining({"pretrain": False}, "/tmp/fold0")
+    {'pretrain': False}
+    """
+    if options is None or not options.get("pretrain", True):
+        return options
+    pretrain_kwargs = options.get("pretrain_kwargs", {})
+    if "checkpoint_dir" in pretrain_kwargs:
+        return options
+    return {**options, "pretrain_kwargs": {**pretrain_kwargs, "checkpoint_dir": folder, "resume": True}}
 
 
 def _score(protocol: str, y_true: np.ndarray, pred: Prediction, split: Split) -> dict[str, float]:
@@ -100,7 +128,9 @@ def run_benchmark(
         ``"cv"`` (stratified k-fold), ``"dropout"`` (k-fold on counts with additional
         dropout, see :func:`scrobust_sc.pp.add_dropout`), ``"novel"`` (each type left out
         of training in turn), ``"cross"`` (train on one value of ``split_key``, test on
-        the rest) or ``"ablation"`` (scRobust variants of the paper's Fig. 3d).
+        the rest) or ``"ablation"`` (scRobust variants of the paper's Fig. 3d; the
+        pre-trained variants of a split share one pre-training, see
+        :func:`share_pretraining`).
     methods
         Names in :data:`METHODS`; ignored by ``"ablation"``.
     n_folds
@@ -177,7 +207,14 @@ def run_benchmark(
             labels = data.obs[labels_key].astype(str).to_numpy()
             for split in splits:
                 train, test = data[split.train].copy(), data[split.test].copy()
+                shared = tempfile.TemporaryDirectory(prefix="scrobust-ablation-") if protocol == "ablation" else None
                 for name, method, options in runs:
+                    note = split.note
+                    if shared is not None:  # the variants share one pre-training a split
+                        sharing = share_pretraining(options, shared.name)
+                        resumed = sharing != options and any(Path(shared.name).iterdir())
+                        options = sharing
+                        note = "; ".join(filter(None, [note, SHARED_PRETRAINING_NOTE if resumed else ""]))
                     base = {"dataset": dataset, "protocol": protocol, "dropout": rate, "method": name}
                     base |= {"repeat": repeat, "fold": split.name}
                     start = time.perf_counter()
@@ -200,9 +237,10 @@ def run_benchmark(
                     scores = _score(protocol, labels[split.test], pred, split)
                     logger.info("%s %s %s: %s", dataset, name, split.name, _brief(scores))
                     rows += [
-                        base | {"metric": k, "value": v, "seconds": seconds, "note": split.note}
-                        for k, v in scores.items()
+                        base | {"metric": k, "value": v, "seconds": seconds, "note": note} for k, v in scores.items()
                     ]
+                if shared is not None:
+                    shared.cleanup()
                 if on_split is not None:
                     on_split(pd.DataFrame(rows, columns=COLUMNS))
     return pd.DataFrame(rows, columns=COLUMNS)
