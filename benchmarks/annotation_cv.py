@@ -21,6 +21,7 @@ references such as baron_mouse1 its own folds differ from BASELINES.md's.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import platform
@@ -75,6 +76,12 @@ def main() -> None:
         help="keep the labels of this share of each training fold (stratified, at least one cell per type, the same "
         "cells for every seed and method); the other training cells are unlabelled (pre-training only)",
     )
+    parser.add_argument(
+        "--bf16-inference",
+        action="store_true",
+        help='predict under torch.autocast(bfloat16) on the CPU (with --train-kwargs \'{"precision": "bf16-mixed"}\' '
+        "for bf16 end to end)",
+    )
     args = parser.parse_args()
     if not 0 < args.label_fraction <= 1:
         parser.error(f"--label-fraction must be in (0, 1], got {args.label_fraction}")
@@ -117,12 +124,13 @@ def main() -> None:
             pretrain_kwargs={"max_steps": args.pretrain_steps, "enable_progress_bar": False},
             train_kwargs={"max_epochs": args.max_epochs, "enable_progress_bar": False, **json.loads(args.train_kwargs)},
         )
-        rows.append(_row("scrobust", k, y[test_idx], model.predict(test), time.perf_counter() - t))
-        _save_proba(args, k, "scrobust", model, test)
-        if model.module.has_linear_expert:  # the same network without the linear expert's logits
-            model.module.clear_linear_expert()
-            rows.append(_row("scrobust_network_only", k, y[test_idx], model.predict(test), None))
-            _save_proba(args, k, "scrobust_network_only", model, test)
+        with _inference_precision(args.bf16_inference):
+            rows.append(_row("scrobust", k, y[test_idx], model.predict(test), time.perf_counter() - t))
+            _save_proba(args, k, "scrobust", model, test)
+            if model.module.has_linear_expert:  # the same network without the linear expert's logits
+                model.module.clear_linear_expert()
+                rows.append(_row("scrobust_network_only", k, y[test_idx], model.predict(test), None))
+                _save_proba(args, k, "scrobust_network_only", model, test)
         print(*rows[-3:], flush=True)
     result = {
         "dataset": Path(args.data).stem,
@@ -142,6 +150,11 @@ def main() -> None:
     name = result_name(result["dataset"], args.tag, args.seed, args.folds)
     (out / name).write_text(json.dumps(result, indent=1))
     print(json.dumps(result["summary"], indent=1))
+
+
+def _inference_precision(bf16: bool):
+    """``torch.autocast`` in bfloat16 on the CPU when ``bf16``, else no change."""
+    return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
 
 def run_stem(tag: str, seed: int) -> str:

@@ -81,3 +81,19 @@ def test_labelled_subset_is_stratified_seeded_and_keeps_every_type():
     np.testing.assert_array_equal(kept, cv.labelled_subset(labels, 0.1, seed=3))
     assert not np.array_equal(kept, cv.labelled_subset(labels, 0.1, seed=4))
     np.testing.assert_array_equal(cv.labelled_subset(labels, 1.0, seed=3), np.arange(labels.size))
+
+
+def test_precision_agreement_compares_the_same_cells_and_types_only():
+    import pandas as pd
+
+    compare = _script("precision_agreement").agreement
+    fp32 = pd.DataFrame({"a": [0.7, 0.1, 0.5], "b": [0.3, 0.9, 0.5]}, index=["c1", "c2", "c3"])
+    bf16 = pd.DataFrame({"a": [0.6, 0.1, 0.4], "b": [0.4, 0.9, 0.6]}, index=["c1", "c2", "c3"])
+    assert compare(fp32, bf16) == {
+        "max_abs_diff": 0.1,
+        "mean_abs_diff": 0.06667,
+        "same_type": pytest.approx(2 / 3, abs=1e-4),
+    }
+    assert compare(fp32, fp32) == {"max_abs_diff": 0.0, "mean_abs_diff": 0.0, "same_type": 1.0}
+    with pytest.raises(ValueError, match="other cells or types"):
+        compare(fp32, bf16.iloc[::-1])
