@@ -118,14 +118,17 @@ def test_ablation_pretrains_once_a_split_and_scores_each_variant_as_if_run_alone
         return step(self, batch, batch_idx)
 
     monkeypatch.setattr(PretrainingPlan, "training_step", counted_step)
+    # three of the five variants keep the suite short: two pre-trained ones and the one without
+    variants = {name: benchmark.ABLATION_VARIANTS[name] for name in list(benchmark.ABLATION_VARIANTS)[:2] + ["HVGs"]}
+    monkeypatch.setattr("scrobust_sc.benchmark._run.ABLATION_VARIANTS", variants)
     adata = scrobust.data.pbmc_demo()
     table = benchmark.run_benchmark(adata, protocol="ablation", folds=[0], quick=True)
     f1 = table.query("metric == 'f1_macro'").set_index("method")["value"]
-    assert list(f1.index) == list(benchmark.ABLATION_VARIANTS)
-    # four variants start from a pre-trained encoder; the one pre-training is shared
+    assert list(f1.index) == list(variants)
+    # two variants start from a pre-trained encoder; the one pre-training is shared
     assert len(steps) == QUICK_SCROBUST["pretrain_kwargs"]["max_steps"]
     notes = table.drop_duplicates("method").set_index("method")["note"].fillna("")
-    assert [benchmark.SHARED_PRETRAINING_NOTE in n for n in notes] == [False, False, True, True, True]
+    assert [benchmark.SHARED_PRETRAINING_NOTE in n for n in notes] == [False, False, True]
     hvg_alone = benchmark.run_benchmark(
         adata, methods=["scrobust"], folds=[0], quick=True, scrobust_options=benchmark.ABLATION_VARIANTS["HVGs"]
     )
