@@ -317,3 +317,14 @@ def test_pretrain_on_test_pretrains_on_the_test_cells_without_their_labels(monke
     assert model.adata.n_obs == train.n_obs + test.n_obs
     assert (model.adata.obs["cell_type"].iloc[train.n_obs :].astype(str) == "Unknown").all()
     assert seen[False][0] is None  # nothing to pre-train: the test cells are not needed
+
+
+def test_benchmark_runs_of_other_folds_write_other_files(tmp_path):
+    """Two runs of one protocol on other folds (e.g. side by side on two cores) must not overwrite each other."""
+    data = tmp_path / "pbmc.h5ad"
+    scrobust.data.pbmc_demo().write_h5ad(data)
+    argv = ["benchmark", "--data", str(data), "--quick", "--methods", "logreg", "--tag", "t", "--out", str(tmp_path)]
+    assert main([*argv, "--fold-index", "0"]) == 0
+    assert main([*argv, "--fold-index", "1"]) == 0
+    assert set(pd.read_csv(tmp_path / "pbmc_cv_t_folds0.csv")["fold"]) == {"fold 0"}
+    assert set(pd.read_csv(tmp_path / "pbmc_cv_t_folds1.csv")["fold"]) == {"fold 1"}

@@ -171,7 +171,8 @@ def _cmd_benchmark(args) -> None:
         adata = _read(path)
         if args.labels_key not in adata.obs.columns:
             raise CLIError(f"labels column {args.labels_key!r} not in {path} (obs columns: {list(adata.obs.columns)})")
-        name = f"{Path(path).stem}_{args.protocol}{args.tag and '_' + args.tag}.csv"
+        folds = f"_folds{'-'.join(map(str, args.fold_index))}" if args.fold_index else ""
+        name = f"{Path(path).stem}_{args.protocol}{args.tag and '_' + args.tag}{folds}.csv"
         results = benchmark.run_benchmark(
             adata,
             args.labels_key,
@@ -280,7 +281,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--protocol", default="cv", choices=["cv", "dropout", "novel", "cross", "ablation"])
     p.add_argument("--methods", default="scrobust,celltypist,scanvi,logreg,knn", help="comma-separated")
     p.add_argument("--folds", type=int, default=5, help="folds of the stratified split")
-    p.add_argument("--fold-index", type=int, nargs="+", default=None, help="run only these splits")
+    p.add_argument(
+        "--fold-index",
+        type=int,
+        nargs="+",
+        default=None,
+        help="run only these splits; the CSV's name then ends in _folds<i>-<j>",
+    )
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--split-key", default=None, help="obs column to cross (protocol cross), e.g. platform")
