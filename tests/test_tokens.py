@@ -67,6 +67,30 @@ def test_trim_padding_keeps_every_real_token():
     assert t_valid.sum() == valid.sum()
 
 
+def _first_by_key_then_position(keys: torch.Tensor, n: int) -> torch.Tensor:
+    return torch.sort(keys, dim=1, descending=True, stable=True).indices[:, :n]
+
+
+def test_tied_genes_are_chosen_by_position_so_that_every_device_chooses_the_same():
+    """Among genes of equal score or expression, the lower position first.
+
+    ``torch.topk`` breaks ties its own way, one way on the CPU and another on a GPU: a
+    model trained on an H100 gave 1% of its probabilities otherwise on the CPU.
+    """
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 3, size=(8, 2000))  # counts of 1 and 2: ties everywhere
+    mask, values = torch.as_tensor(x > 0), torch.as_tensor(x, dtype=torch.float32)
+    score = torch.as_tensor(rng.integers(0, 4, x.shape[1]), dtype=torch.float32)
+    score_keys = score.expand(mask.shape).masked_fill(~mask, float("-inf"))
+    idx, valid = select_ranked_genes(mask, score, 300)
+    assert valid.all() and idx.tolist() == _first_by_key_then_position(score_keys, 300).tolist()
+    idx, valid = select_mixed_genes(mask, values, score, 300)
+    by_score = _first_by_key_then_position(score_keys, 150)
+    taken = torch.zeros_like(mask).scatter_(1, by_score, True)
+    by_value = _first_by_key_then_position(values.masked_fill(~mask | taken, float("-inf")), 150)
+    assert valid.all() and idx.tolist() == torch.cat([by_score, by_value], dim=1).tolist()
+
+
 # ---- batch composition: a cell's tokens and embedding do not depend on the other cells
 counts = arrays(np.int64, st.tuples(st.integers(1, 6), st.integers(2, 25)), elements=st.integers(0, 4))
 

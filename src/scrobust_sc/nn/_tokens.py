@@ -74,11 +74,33 @@ def normalize_atac_batch(x: torch.Tensor, idf: torch.Tensor | None = None, *, ta
     return binary / n_accessible * idf.to(binary) * target_sum
 
 
-def _top_positions(keys: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Indices of the ``n`` largest keys per row; ``-inf`` keys mark padding."""
+def _top_positions(keys: torch.Tensor, n: int, *, ties_by_position: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices of the ``n`` largest keys per row, equal keys by lower position; ``-inf`` marks padding.
+
+    ``torch.topk`` breaks ties one way on the CPU and another on a GPU, so equal keys (the
+    counts of a cell, often equal) are made distinct first: each float32 key is mapped to
+    an int32 of the same order and its position appended below it in an int64. The choice
+    is then the same on every device. ``ties_by_position=False`` skips this (random keys,
+    which are drawn differently on each device anyway and almost never tie).
+
+    Examples
+    --------
+    >>> import torch
+    >>> idx, valid = _top_positions(torch.tensor([[1.0, 2.0, 2.0, float("-inf"), 2.0]]), 4)
+    >>> idx.tolist(), valid.tolist()
+    ([[1, 2, 4, 0]], [[True, True, True, True]])
+    """
     n = min(n, keys.shape[1])
-    top_keys, idx = torch.topk(keys, n, dim=1, sorted=True)
-    return idx, torch.isfinite(top_keys)
+    if not ties_by_position:
+        top_keys, idx = torch.topk(keys, n, dim=1, sorted=True)
+        return idx, torch.isfinite(top_keys)
+    if keys.shape[1] >= 2**31:
+        raise ValueError(f"{keys.shape[1]} features: at most 2**31 - 1 can be ranked.")
+    bits = keys.to(torch.float32).contiguous().view(torch.int32)
+    ordered = (bits ^ ((bits >> 31) & 0x7FFFFFFF)).to(torch.int64)  # negatives' bits flipped: int order = float order
+    first = (2**31 - 1) - torch.arange(keys.shape[1], device=keys.device, dtype=torch.int64)
+    idx = torch.topk(ordered.mul_(2**31).add_(first), n, dim=1, sorted=True).indices
+    return idx, torch.isfinite(keys.gather(1, idx))
 
 
 def sample_random_genes(expressed: torch.Tensor, n: int, generator: torch.Generator | None = None):
@@ -110,7 +132,7 @@ def sample_random_genes(expressed: torch.Tensor, n: int, generator: torch.Genera
     """
     keys = torch.rand(expressed.shape, device=expressed.device, generator=generator)
     keys = keys.masked_fill(~expressed, float("-inf"))
-    return _top_positions(keys, n)
+    return _top_positions(keys, n, ties_by_position=False)
 
 
 def select_ranked_genes(expressed: torch.Tensor, gene_score: torch.Tensor, n: int):
