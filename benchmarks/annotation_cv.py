@@ -58,6 +58,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="scRobust's seed (the folds do not change)")
     parser.add_argument("--train-kwargs", default="{}", help="JSON of extra SCRobust.train arguments")
     parser.add_argument("--model-kwargs", default="{}", help="JSON of extra SCRobust arguments")
+    parser.add_argument(
+        "--pretrain-kwargs", default="{}", help="JSON of extra SCRobust.pretrain arguments (e.g. precision)"
+    )
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     parser.add_argument("--tag", default="default")
     parser.add_argument("--save-proba", default=None, help="folder for each fold's test probabilities (CSV)")
@@ -79,8 +82,8 @@ def main() -> None:
     parser.add_argument(
         "--bf16-inference",
         action="store_true",
-        help='predict under torch.autocast(bfloat16) on the CPU (with --train-kwargs \'{"precision": "bf16-mixed"}\' '
-        "for bf16 end to end)",
+        help="predict under torch.autocast(bfloat16) on the model's device (with --train-kwargs and --pretrain-kwargs "
+        '\'{"precision": "bf16-mixed"}\' for bf16 end to end)',
     )
     args = parser.parse_args()
     if not 0 < args.label_fraction <= 1:
@@ -121,10 +124,14 @@ def main() -> None:
             args.labels_key,
             model_kwargs=json.loads(args.model_kwargs),
             pretrain=args.pretrain_steps != 0,
-            pretrain_kwargs={"max_steps": args.pretrain_steps, "enable_progress_bar": False},
+            pretrain_kwargs={
+                "max_steps": args.pretrain_steps,
+                "enable_progress_bar": False,
+                **json.loads(args.pretrain_kwargs),
+            },
             train_kwargs={"max_epochs": args.max_epochs, "enable_progress_bar": False, **json.loads(args.train_kwargs)},
         )
-        with _inference_precision(args.bf16_inference):
+        with _inference_precision(args.bf16_inference, model.device.type):
             rows.append(_row("scrobust", k, y[test_idx], model.predict(test), time.perf_counter() - t))
             _save_proba(args, k, "scrobust", model, test)
             if model.module.has_linear_expert:  # the same network without the linear expert's logits
@@ -152,9 +159,9 @@ def main() -> None:
     print(json.dumps(result["summary"], indent=1))
 
 
-def _inference_precision(bf16: bool):
-    """``torch.autocast`` in bfloat16 on the CPU when ``bf16``, else no change."""
-    return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+def _inference_precision(bf16: bool, device_type: str = "cpu"):
+    """``torch.autocast`` in bfloat16 on ``device_type`` (``"cpu"``, ``"cuda"``) when ``bf16``, else no change."""
+    return torch.autocast(device_type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
 
 def run_stem(tag: str, seed: int) -> str:

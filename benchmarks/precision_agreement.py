@@ -4,7 +4,7 @@ Reads the per-fold test probabilities that ``annotation_cv.py --save-proba`` wro
 tags (the same data, folds and seed; one run fine-tuned with ``precision="bf16-mixed"``
 and predicting under ``torch.autocast(bfloat16)``), and writes, per method and fold, the
 largest and the mean absolute difference of the probabilities and the share of cells given
-the same type, to ``benchmarks/results/precision_agreement_<dataset>.json``.
+the same type, to ``benchmarks/results/precision_agreement_<dataset>[_<name>].json``.
 
 .venv/bin/python benchmarks/annotation_cv.py --data ../shared/data/baron_mouse1.h5ad --pretrain-steps 0 \\
     --threads 1 --save-proba /tmp/proba --tag no-pretrain_fp32-vs-bf16_fp32
@@ -54,6 +54,7 @@ def main() -> None:
     parser.add_argument("--bf16", required=True, help="tag of the bf16 run")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    parser.add_argument("--name", default="", help="appended to the file name, e.g. pretrained (default: none)")
     args = parser.parse_args()
     folder = Path(args.proba)
     suffix = "" if args.seed == 0 else f"_seed{args.seed}"
@@ -68,7 +69,7 @@ def main() -> None:
     if not rows:
         parser.error(f"no pair of probability files for {args.dataset} in {folder}")
     result = {"dataset": args.dataset, "fp32": args.fp32, "bf16": args.bf16, "rows": rows}
-    out = Path(args.out) / f"precision_agreement_{args.dataset}.json"
+    out = Path(args.out) / f"precision_agreement_{args.dataset}{'_' + args.name if args.name else ''}.json"
     out.write_text(json.dumps(result, indent=1))
     print(pd.DataFrame(rows).to_string(index=False))
 

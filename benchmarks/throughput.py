@@ -8,12 +8,17 @@ peak measured in the same run.
     .venv/bin/python benchmarks/throughput.py --data ../shared/data/zheng_sorted_pbmc_fasttopics.h5ad
     .venv/bin/python benchmarks/throughput.py --synthetic           # 5,000 x 20,000, 5% non-zeros
     .venv/bin/python benchmarks/throughput.py --compile --configs default   # torch.compile the encoder
+    python benchmarks/throughput.py --accelerator gpu --bf16 --configs paper paper-large-batch  # a CUDA GPU
 
 Configurations: ``paper`` (d 512, 8 heads, 1 layer; views of 200 genes, batch 128;
 fine-tuning 800 genes, batch 64; embeddings of 1,000 genes) and ``default`` (the package
 defaults). The published implementation's figures on a machine like this one (from the
 issue, same sizes): pre-training 4.3 cells/s, fine-tuning 2.3 cells/s (peak RSS 10 GiB),
-embeddings 4.6 cells/s.
+embeddings 4.6 cells/s. ``paper-large-batch`` keeps the paper's model and gene counts with
+8x larger batches (pre-training 1,024, fine-tuning 512, embeddings 4,096), for GPUs.
+
+On a GPU (``--accelerator gpu``) the matmul peak is an 8,192 x 8,192 product on the GPU,
+timings wait for the GPU to finish, and each row also gives the GPU's peak allocated memory.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import platform
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -54,21 +60,37 @@ CONFIGS = {
         "embed": {"n_genes": 1000, "batch_size": 256},
     },
     "default": {"model": {}, "pretrain": {}, "finetune": {}, "embed": {}},
+    "paper-large-batch": {
+        "model": {"preset": "paper", "n_view_genes": 200},
+        "pretrain": {"batch_size": 1024},
+        "finetune": {"batch_size": 512, "n_genes": 800},
+        "embed": {"n_genes": 1000, "batch_size": 4096},
+    },
 }
 
 
-def matmul_peak(threads: int, dtype: str = "float32", n: int = 2048, repeats: int = 10) -> float:
-    """Achieved GFLOP/s of an n x n matmul (the machine's practical peak)."""
+def matmul_peak(threads: int, dtype: str = "float32", n: int = 2048, repeats: int = 10, device: str = "cpu") -> float:
+    """Achieved GFLOP/s of an n x n matmul (the machine's practical peak) on ``device``."""
     import torch
 
     torch.set_num_threads(threads)
-    a = torch.randn(n, n, dtype=getattr(torch, dtype))
-    b = torch.randn(n, n, dtype=getattr(torch, dtype))
+    a = torch.randn(n, n, dtype=getattr(torch, dtype), device=device)
+    b = torch.randn(n, n, dtype=getattr(torch, dtype), device=device)
     a @ b
+    _synchronize(device)
     start = time.perf_counter()
     for _ in range(repeats):
         a @ b
+    _synchronize(device)
     return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def _synchronize(device: str) -> None:
+    """Wait for the GPU's queued work (timings on a GPU); nothing on the CPU."""
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
 
 
 def encoder_flops(
@@ -127,7 +149,7 @@ def _tokens_per_batch(adata, n: int, batch_size: int, n_batches: int, seed: int 
 class _StepTimer:
     """Lightning callback timing optimiser steps after a warm-up."""
 
-    def __init__(self, warmup: int):
+    def __init__(self, warmup: int, device: str = "cpu"):
         from lightning.pytorch.callbacks import Callback
 
         outer = self
@@ -135,11 +157,13 @@ class _StepTimer:
         class _Callback(Callback):
             def on_train_batch_start(self, trainer, module, batch, idx):
                 if trainer.global_step == warmup:
+                    _synchronize(device)
                     outer.start = time.perf_counter()
                     outer.cells = 0
 
             def on_train_batch_end(self, trainer, module, outputs, batch, idx):
                 if outer.start is not None:
+                    _synchronize(device)
                     outer.cells += next(iter(batch.values())).shape[0]
                     outer.end = time.perf_counter()
 
@@ -152,7 +176,15 @@ class _StepTimer:
 
 
 def measure(
-    phase: str, config: str, data: str, threads: int, steps: int, warmup: int, bf16: bool, compiled: bool = False
+    phase: str,
+    config: str,
+    data: str,
+    threads: int,
+    steps: int,
+    warmup: int,
+    bf16: bool,
+    compiled: bool = False,
+    accelerator: str = "cpu",
 ) -> dict:
     """One measurement in this process; returns its figures."""
     import logging
@@ -177,15 +209,16 @@ def measure(
     module = model.module
     d, n_layers = model.init_params_["non_kwargs"]["d_model"], module.encoder.n_layers
     heads = module.encoder.blocks[-1].n_heads
-    quiet = {"enable_progress_bar": False, "enable_model_summary": False, "logger": None}
+    device = "cuda" if accelerator == "gpu" else "cpu"
+    quiet = {"enable_progress_bar": False, "enable_model_summary": False, "logger": None, "accelerator": accelerator}
     if bf16:
         quiet["precision"] = "bf16-mixed"
     torch.set_num_threads(threads)
     result = {"phase": phase, "config": config, "data": Path(data).stem, "n_cells": adata.n_obs}
     result |= {"n_genes": adata.n_vars, "nnz": int(adata.X.nnz), "d_model": d, "n_layers": n_layers, "bf16": bf16}
-    result["compiled"] = compiled
+    result |= {"compiled": compiled, "accelerator": accelerator}
     if phase in ("pretrain", "finetune"):
-        timer = _StepTimer(warmup)
+        timer = _StepTimer(warmup, device)
         kwargs = {"max_steps": warmup + steps, "callbacks": [timer.callback], **quiet}
         if phase == "pretrain":
             batch = cfg["pretrain"].get("batch_size", 64)
@@ -204,11 +237,13 @@ def measure(
     else:
         n = cfg["embed"].get("n_genes", 1000)
         batch = cfg["embed"].get("batch_size", 256)
+        if device == "cuda":
+            model.module.to(device)
         for _ in range(1 + warmup * compiled):  # warm-up (and compilation)
             model.get_latent_representation(indices=np.arange(min(256, adata.n_obs)), n_genes=n)
         start = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            model.get_latent_representation(n_genes=n, batch_size=batch)
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+            model.get_latent_representation(n_genes=n, batch_size=batch)  # numpy out: the GPU has finished
         seconds = time.perf_counter() - start
         tokens = _tokens_per_batch(adata, n, batch, int(np.ceil(adata.n_obs / batch)))[: adata.n_obs]
         result |= {"batch_size": batch, "genes_per_cell": n, "cells_per_s": adata.n_obs / seconds}
@@ -216,6 +251,8 @@ def measure(
         result["published_flops_per_cell"] = encoder_flops(tokens, d, n_layers, False, False, heads) / adata.n_obs
     result["gflops_per_s"] = result["flops_per_cell"] * result["cells_per_s"] / 1e9
     result["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    if device == "cuda":
+        result["peak_gpu_allocated_gib"] = torch.cuda.max_memory_allocated() / 2**30
     return result
 
 
@@ -230,62 +267,86 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast")
     parser.add_argument("--compile", action="store_true", help="torch.compile the encoder (model.compile_encoder)")
+    parser.add_argument("--accelerator", choices=["cpu", "gpu"], default="cpu", help="gpu: a CUDA GPU")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     parser.add_argument("--child", nargs=2, metavar=("PHASE", "CONFIG"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    data = "synthetic" if args.synthetic else args.data
     if args.child:
-        figures = measure(*args.child, data, args.threads, args.steps, args.warmup, args.bf16, args.compile)
+        figures = measure(
+            *args.child, args.data, args.threads, args.steps, args.warmup, args.bf16, args.compile, args.accelerator
+        )
         print("RESULT " + json.dumps(figures), flush=True)
         return
     import torch
 
-    peak = {"fp32": matmul_peak(args.threads)}
+    device = "cuda" if args.accelerator == "gpu" else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--accelerator gpu: torch sees no CUDA GPU here.")
+    size = 8192 if device == "cuda" else 2048
+    peak = {"fp32": matmul_peak(args.threads, n=size, device=device)}
     if args.bf16:  # minutes on CPUs without native bf16, so only when asked
-        peak["bf16"] = matmul_peak(args.threads, "bfloat16")
+        peak["bf16"] = matmul_peak(args.threads, "bfloat16", n=size, device=device)
     reference = reference_cells_per_s(args.synthetic)
-    rows = []
-    for config in args.configs:
-        for phase in args.phases:
-            cmd = [sys.executable, __file__, "--child", phase, config, "--threads", str(args.threads)]
-            cmd += ["--steps", str(args.steps), "--warmup", str(args.warmup)]
-            cmd += ["--synthetic"] if args.synthetic else ["--data", args.data]
-            cmd += ["--bf16"] if args.bf16 else []
-            cmd += ["--compile"] if args.compile else []
-            done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
-            lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-            if not lines:
-                print(done.stderr[-3000:], file=sys.stderr)
-                raise SystemExit(f"{phase}/{config} failed")
-            row = json.loads(lines[-1][len("RESULT ") :])
-            row["fraction_of_matmul_peak"] = row["gflops_per_s"] / peak["bf16" if args.bf16 else "fp32"]
-            # the published encoder's FLOPs per cell over this run's time: above 1 where the
-            # package skips work the published encoder does, not a kernel's efficiency
-            published = row["published_flops_per_cell"] * row["cells_per_s"] / 1e9
-            row["published_flops_fraction_of_matmul_peak"] = published / peak["bf16" if args.bf16 else "fp32"]
-            ratio = speedup(row["cells_per_s"], phase, reference)
-            if config == "paper" and ratio is not None:
-                row["speedup_vs_reference"] = ratio
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-    result = {
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "cores": os.cpu_count(),
-            "threads": args.threads,
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-        },
-        "matmul_peak_gflops": peak,
-        "reference_cells_per_s": reference,
-        "rows": rows,
+    result = {"machine": _machine(args, torch), "matmul_peak_gflops": peak, "reference_cells_per_s": reference}
+    result["rows"] = []
+    stem = "synthetic" if args.synthetic else Path(args.data).stem
+    path = Path(args.out) / result_name(stem, args.accelerator, args.bf16, args.compile)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        data = args.data
+        if args.synthetic:  # made once, read by each measurement's process
+            data = str(Path(tmp) / "synthetic.h5ad")
+            synthetic().write_h5ad(data)
+        for config in args.configs:
+            for phase in args.phases:
+                result["rows"].append(_measure_in_child(args, phase, config, data, peak, reference))
+                path.write_text(json.dumps(result, indent=1))  # after each row: a run cut short keeps its rows
+    print(f"wrote {path}")
+
+
+def result_name(data: str, accelerator: str, bf16: bool, compiled: bool) -> str:
+    """The JSON file of a run: GPU, bf16 and compiled runs each get their own."""
+    suffix = ("_gpu" if accelerator == "gpu" else "") + ("_bf16" if bf16 else "") + ("_compiled" if compiled else "")
+    return f"throughput_{data}{suffix}.json"
+
+
+def _measure_in_child(args, phase: str, config: str, data: str, peak: dict, reference: dict) -> dict:
+    """One measurement in a fresh process (its own peak RSS), with its ratios to the peak and reference."""
+    cmd = [sys.executable, __file__, "--child", phase, config, "--threads", str(args.threads)]
+    cmd += ["--steps", str(args.steps), "--warmup", str(args.warmup), "--data", data]
+    cmd += ["--accelerator", args.accelerator]
+    cmd += ["--bf16"] if args.bf16 else []
+    cmd += ["--compile"] if args.compile else []
+    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if not lines:
+        print(done.stderr[-3000:], file=sys.stderr)
+        raise SystemExit(f"{phase}/{config} failed")
+    row = json.loads(lines[-1][len("RESULT ") :])
+    matmul = peak["bf16" if args.bf16 else "fp32"]
+    row["fraction_of_matmul_peak"] = row["gflops_per_s"] / matmul
+    # the published encoder's FLOPs per cell over this run's time: above 1 where the
+    # package skips work the published encoder does, not a kernel's efficiency
+    row["published_flops_fraction_of_matmul_peak"] = row["published_flops_per_cell"] * row["cells_per_s"] / 1e9 / matmul
+    ratio = speedup(row["cells_per_s"], phase, reference)
+    if config == "paper" and ratio is not None and args.accelerator == "cpu":
+        row["speedup_vs_reference"] = ratio
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def _machine(args, torch) -> dict:
+    """The machine a run measured: processor, cores, threads, versions, and the GPU if one was used."""
+    machine = {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    suffix = ("_bf16" if args.bf16 else "") + ("_compiled" if args.compile else "")
-    name = f"throughput_{'synthetic' if args.synthetic else Path(args.data).stem}{suffix}.json"
-    (out / name).write_text(json.dumps(result, indent=1))
-    print(f"wrote {out / name}")
+    if args.accelerator == "gpu":
+        machine["gpu"] = torch.cuda.get_device_name()
+    return machine
 
 
 if __name__ == "__main__":

@@ -22,6 +22,12 @@ def test_throughput_compares_each_dataset_with_its_own_reference_figures():
     assert throughput.speedup(12.0, "embed", synthetic) is None  # no reference figure: no ratio
 
 
+def test_throughput_runs_on_a_gpu_or_in_bf16_write_files_of_their_own():
+    name = _script("throughput").result_name
+    names = {name("synthetic", acc, bf16, False) for acc in ("cpu", "gpu") for bf16 in (False, True)}
+    assert names == {f"throughput_synthetic{s}.json" for s in ("", "_bf16", "_gpu", "_gpu_bf16")}
+
+
 def test_hide_labels_hides_exactly_the_given_cells_and_leaves_the_input_alone():
     import numpy as np
 
