@@ -94,6 +94,9 @@ def _top_positions(keys: torch.Tensor, n: int, *, ties_by_position: bool = True)
     if not ties_by_position:
         top_keys, idx = torch.topk(keys, n, dim=1, sorted=True)
         return idx, torch.isfinite(top_keys)
+    if keys.device.type == "mps":  # Apple GPUs: int64 top-k is not on every macOS version; the CPU chooses
+        idx, valid = _top_positions(keys.cpu(), n)
+        return idx.to(keys.device), valid.to(keys.device)
     if keys.shape[1] >= 2**31:
         raise ValueError(f"{keys.shape[1]} features: at most 2**31 - 1 can be ranked.")
     bits = keys.to(torch.float32).contiguous().view(torch.int32)
