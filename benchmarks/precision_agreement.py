@@ -70,6 +70,7 @@ def main() -> None:
         parser.error(f"no pair of probability files for {args.dataset} in {folder}")
     result = {"dataset": args.dataset, "fp32": args.fp32, "bf16": args.bf16, "rows": rows}
     out = Path(args.out) / f"precision_agreement_{args.dataset}{'_' + args.name if args.name else ''}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
     print(pd.DataFrame(rows).to_string(index=False))
 
