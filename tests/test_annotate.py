@@ -20,7 +20,7 @@ def test_annotate_writes_documented_keys_and_nothing_else(small_pbmc, seeded):
     before_x = adata.X.copy()
     before_uns = set(adata.uns)
     scrobust.tl.annotate(adata, labels_key="cell_type", **FAST)
-    new = {"scrobust_label", "scrobust_confidence", "scrobust_novelty"}
+    new = {"scrobust_label", "scrobust_confidence", "scrobust_novelty", "scrobust_cell_novelty"}
     assert set(adata.obs.columns) - set(before_obs.columns) == new
     pd.testing.assert_frame_equal(adata.obs[before_obs.columns], before_obs)
     assert (adata.X != before_x).nnz == 0
@@ -167,7 +167,7 @@ def test_model_level_helpers_agree_with_the_tools(small_pbmc, tmp_path, seeded):
         train_kwargs={"max_epochs": 2, "n_genes": 64, **QUIET},
     )
     out = scrobust.tl.annotate(small_pbmc, model=model, copy=True)
-    np.testing.assert_allclose(model.predict_novelty(small_pbmc), out.obs["scrobust_novelty"], rtol=1e-5)
+    np.testing.assert_allclose(model.predict_novelty(small_pbmc), out.obs["scrobust_cell_novelty"], rtol=1e-5)
     assert (model.get_attention(small_pbmc) != gene_attention(model, small_pbmc)).nnz == 0
     axes = scrobust.pl.history(model, save=str(tmp_path / "history.png"))
     assert (tmp_path / "history.png").stat().st_size > 5000

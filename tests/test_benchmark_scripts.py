@@ -103,3 +103,16 @@ def test_precision_agreement_compares_the_same_cells_and_types_only():
     assert compare(fp32, fp32) == {"max_abs_diff": 0.0, "mean_abs_diff": 0.0, "same_type": 1.0}
     with pytest.raises(ValueError, match="other cells or types"):
         compare(fp32, bf16.iloc[::-1])
+
+
+def test_novelty_rule_scores_count_rejected_known_cells_as_errors():
+    import numpy as np
+
+    scores = _script("novelty_neighbourhood").rule_scores
+    true = np.array(["a", "a", "b", "b", "new", "new"])
+    pred = np.array(["a", "a", "b", "b", "a", "b"])
+    known = true != "new"
+    out = scores(np.array([0.1, 2.0, 0.1, 0.1, 2.0, 0.5]), true, pred, known)
+    assert out["known_rejected"] == 0.25 and out["novel_caught"] == 0.5
+    assert out["known_f1_without_rejection"] == 1.0 and out["known_f1"] < 1.0  # one "a" called Unknown
+    assert out["auroc"] == 0.8125  # novel 2.0, 0.5 against known 0.1 x3, 2.0: 6.5 of 8 pairs

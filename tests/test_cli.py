@@ -195,12 +195,14 @@ def test_demo_runs_on_bundled_data(tmp_path):
     assert summary["leiden_clusters"] >= 2
 
 
-def test_cli_novelty_threshold_default_is_the_librarys():
+def test_cli_novelty_defaults_are_the_librarys():
     from scrobust_sc.tl._annotate import DEFAULT_NOVELTY_THRESHOLD
+    from scrobust_sc.tl._novelty import DEFAULT_NOVELTY_NEIGHBORS
 
     for command in ("annotate", "predict"):
         args = build_parser().parse_args([command, "--query", "q.h5ad", "--out", "o.h5ad", "--model", "m"])
         assert args.novelty_threshold == DEFAULT_NOVELTY_THRESHOLD
+        assert args.novelty_neighbors == DEFAULT_NOVELTY_NEIGHBORS
 
 
 def test_benchmark_help_names_every_scrobust_option():

@@ -13,7 +13,7 @@ from scrobust_sc.data._splits import stratified_validation_split
 from scrobust_sc.module import SCRobustModule
 from scrobust_sc.module._module import DISTANCE_NOVELTY_SCALE, ENERGY_QUANTILE
 
-from .conftest import fine_tuned
+from .conftest import TINY, fine_tuned
 
 
 def _module(n_labels: int = 3) -> SCRobustModule:
@@ -101,3 +101,81 @@ def test_the_energy_calibration_survives_save_and_load(small_pbmc, tmp_path, see
     loaded = scrobust.SCRobust.load(tmp_path / "m")
     torch.testing.assert_close(loaded.module.reference_energy, model.module.reference_energy)
     np.testing.assert_allclose(loaded.predict_novelty(small_pbmc), model.predict_novelty(small_pbmc), rtol=1e-5)
+
+
+# ---- novelty read over each cell's neighbourhood in the annotated data (tl._novelty) ----------
+def test_a_novel_population_stays_novel_and_a_lone_outlier_does_not(small_pbmc):
+    """On real PBMC counts: one whole type scored novel stays so; one known cell in the tail is dropped."""
+    from scrobust_sc.tl._novelty import neighbourhood_novelty
+
+    types = small_pbmc.obs["cell_type"].astype(str).to_numpy()
+    novel_type = "CD14+ Monocyte"
+    novel = types == novel_type
+    assert novel.sum() >= 15
+    cell = np.full(small_pbmc.n_obs, 0.5)
+    cell[novel] = 2.0
+    outlier = np.flatnonzero(~novel)[0]
+    cell[outlier] = 5.0
+    smoothed = neighbourhood_novelty(cell, small_pbmc.X, input_is_log=False, n_neighbors=15)
+    assert smoothed[outlier] < 1.0
+    assert (smoothed[novel] > 1.0).mean() > 0.9
+    assert (smoothed[~novel] > 1.0).mean() < 0.05
+    # each cell alone: the input as it was, and a neighbourhood of one is the cell itself
+    np.testing.assert_array_equal(neighbourhood_novelty(cell, small_pbmc.X, input_is_log=False, n_neighbors=1), cell)
+
+
+def test_variable_genes_compare_dispersions_among_genes_of_similar_mean():
+    from scrobust_sc.tl._novelty import variable_genes
+
+    # two mean bins: in the low one the raw dispersions are all larger than in the high one
+    mean = np.r_[np.full(5, 0.1), np.full(5, 3.0), 0.0]
+    var = np.r_[0.5, 0.5, 0.5, 0.5, 2.0, 0.3, 0.3, 0.3, 0.3, 3.0, 0.0]
+    assert variable_genes(mean, var, 2).tolist() == [4, 9]  # the outlier of each bin, not the low bin alone
+    assert 10 not in variable_genes(mean, var, 10)  # never a gene that is not expressed
+
+
+def test_nearest_cells_always_include_the_cell_itself():
+    from scrobust_sc.tl._novelty import nearest_cells
+
+    points = np.array([[0.0, 0.0], [0.0, 0.0], [0.0, 0.0], [3.0, 3.0]])  # three exact duplicates
+    idx = nearest_cells(points, 2)
+    assert all(i in row for i, row in enumerate(idx))
+
+
+def test_annotate_reads_novelty_over_neighbourhoods_and_keeps_each_cells_own(small_pbmc, seeded):
+    from scrobust_sc.tl._novelty import neighbourhood_novelty
+
+    model = fine_tuned(small_pbmc.copy())
+    out = scrobust.tl.annotate(small_pbmc, model=model, copy=True)
+    own = model.predict_novelty(small_pbmc)
+    np.testing.assert_allclose(out.obs["scrobust_cell_novelty"], own, rtol=1e-5)
+    expected = neighbourhood_novelty(own, small_pbmc.X, input_is_log=False, n_neighbors=15)
+    np.testing.assert_allclose(out.obs["scrobust_novelty"], expected, rtol=1e-5)
+    unknown = out.obs["scrobust_label"] == "Unknown"
+    assert np.array_equal(unknown.to_numpy(), out.obs["scrobust_novelty"].to_numpy() > 1.0)
+    assert out.uns["scrobust"]["params"]["novelty_neighbors"] == 15
+    alone = scrobust.tl.annotate(small_pbmc, model=model, copy=True, novelty_neighbors=None)
+    assert "scrobust_cell_novelty" not in alone.obs
+    np.testing.assert_allclose(alone.obs["scrobust_novelty"], own, rtol=1e-5)
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="novelty_neighbors must be a whole number"):
+            scrobust.tl.annotate(small_pbmc, labels_key="cell_type", novelty_neighbors=bad)
+
+
+def test_neighbourhoods_are_found_in_the_counts_the_model_reads(small_pbmc, seeded):
+    """A model set up on a counts layer: the neighbours come from that layer, not from a log-normalised X."""
+    import scanpy as sc
+
+    from scrobust_sc.tl._novelty import neighbourhood_novelty
+
+    adata = small_pbmc.copy()
+    adata.layers["counts"] = adata.X.copy()
+    sc.pp.normalize_total(adata)
+    sc.pp.log1p(adata)
+    scrobust.SCRobust.setup_anndata(adata, layer="counts", labels_key="cell_type")
+    model = scrobust.SCRobust(adata, **TINY)
+    model.train(max_epochs=1, enable_progress_bar=False)
+    out = scrobust.tl.annotate(adata, model=model, copy=True)
+    own = out.obs["scrobust_cell_novelty"].to_numpy()
+    expected = neighbourhood_novelty(own, adata.layers["counts"], input_is_log=False)
+    np.testing.assert_allclose(out.obs["scrobust_novelty"], expected, rtol=1e-5)

@@ -26,6 +26,7 @@ ANNOTATE_KEYS = {
     "obs/scrobust_label",
     "obs/scrobust_confidence",
     "obs/scrobust_novelty",
+    "obs/scrobust_cell_novelty",
     "obsm/scrobust_probabilities",
     "obsm/X_scrobust",
     "uns/scrobust",

@@ -111,6 +111,7 @@ def _cmd_annotate(args) -> None:
             model=model,
             unknown_threshold=args.unknown_threshold,
             novelty_threshold=args.novelty_threshold,
+            novelty_neighbors=args.novelty_neighbors or None,
             modality=args.modality,
         )
     else:
@@ -126,6 +127,7 @@ def _cmd_annotate(args) -> None:
             layer=args.layer,
             unknown_threshold=args.unknown_threshold,
             novelty_threshold=args.novelty_threshold,
+            novelty_neighbors=args.novelty_neighbors or None,
             max_epochs=args.max_epochs,
             pretrain_steps=args.max_steps,
             pretrain_on_query=args.pretrain_on_query,
@@ -265,6 +267,13 @@ def build_parser() -> argparse.ArgumentParser:
             default=1.0,  # tl.annotate's DEFAULT_NOVELTY_THRESHOLD (not imported: the parser stays light)
             help="novelty above which a cell is Unknown",
         )
+        p.add_argument(
+            "--novelty-neighbors",
+            type=int,
+            default=15,  # tl.annotate's DEFAULT_NOVELTY_NEIGHBORS
+            help="read novelty as the median over each cell's nearest cells of the query, this many "
+            "(0: each cell's own novelty)",
+        )
         common(p, model=True)
         p.set_defaults(func=_cmd_annotate if name == "annotate" else _cmd_predict)
 
@@ -295,8 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--scrobust-options",
         default="{}",
-        help="JSON object: pretrain, pretrain_on_test, model_kwargs, pretrain_kwargs, train_kwargs, setup_kwargs "
-        "(others refused)",
+        help="JSON object: pretrain, pretrain_on_test, model_kwargs, pretrain_kwargs, train_kwargs, setup_kwargs, "
+        "novelty_neighbors (null: each cell's own novelty; others refused)",
     )
     p.add_argument("--modality", default="rna", choices=["rna", "atac"], help="genes or peaks")
     p.add_argument("--peer-features", type=int, default=2000, help="HVGs or peaks read by logreg and knn (0: all)")

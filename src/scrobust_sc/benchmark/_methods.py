@@ -342,7 +342,15 @@ QUICK_SCROBUST = {
 
 
 #: Keys that :func:`scrobust_method` reads from its ``options``
-SCROBUST_OPTIONS = ("pretrain", "pretrain_on_test", "model_kwargs", "pretrain_kwargs", "train_kwargs", "setup_kwargs")
+SCROBUST_OPTIONS = (
+    "pretrain",
+    "pretrain_on_test",
+    "model_kwargs",
+    "pretrain_kwargs",
+    "train_kwargs",
+    "setup_kwargs",
+    "novelty_neighbors",
+)
 
 
 def check_scrobust_options(options: dict | None) -> None:
@@ -396,9 +404,11 @@ def scrobust_method(
     training and the test cells, the test labels hidden, as scANVI sees the test cells and
     as ``tl.annotate(adata, labels_key=...)`` pre-trains on unlabelled cells; fine-tuning
     still reads the training labels only), ``model_kwargs``, ``pretrain_kwargs``,
-    ``train_kwargs`` and ``setup_kwargs`` (e.g. ``{"atac_values": "tfidf"}``); ``quick``
-    shrinks the model and the training. Cells whose novelty exceeds ``tl.annotate``'s
-    default threshold are rejected.
+    ``train_kwargs``, ``setup_kwargs`` (e.g. ``{"atac_values": "tfidf"}``) and
+    ``novelty_neighbors`` (as :func:`scrobust_sc.tl.annotate`'s; ``None``: each cell's own
+    novelty); ``quick`` shrinks the model and the training. Cells are rejected as
+    ``tl.annotate`` rejects them by default: novelty above its threshold, read over each
+    test cell's neighbourhood among the test cells for RNA.
 
     Examples
     --------
@@ -408,6 +418,7 @@ def scrobust_method(
 
     from scrobust_sc.tl import fit_annotator
     from scrobust_sc.tl._annotate import DEFAULT_NOVELTY_THRESHOLD
+    from scrobust_sc.tl._novelty import DEFAULT_NOVELTY_NEIGHBORS, neighbourhood_novelty
 
     check_scrobust_options(options)
     options = dict(options or {})
@@ -431,6 +442,11 @@ def scrobust_method(
         setup_kwargs=options.get("setup_kwargs"),
     )
     proba, novelty = model._classify_cells(test, None, 256)
+    neighbors = options.get("novelty_neighbors", DEFAULT_NOVELTY_NEIGHBORS)
+    if neighbors is not None and modality == "rna":
+        novelty = neighbourhood_novelty(
+            novelty, test.X, input_is_log=bool(model.module.input_is_log), n_neighbors=int(neighbors), seed=seed
+        )
     labels = Prediction.from_proba(proba).labels
     return Prediction(labels, novelty > DEFAULT_NOVELTY_THRESHOLD, np.asarray(novelty, dtype=float))
 

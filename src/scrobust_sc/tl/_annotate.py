@@ -9,12 +9,15 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 from scipy import sparse
+from scvi.data._constants import _SETUP_ARGS_KEY
 
 from scrobust_sc._constants import DEFAULT_KEY, EMBEDDING_KEY, UNKNOWN_LABEL
 from scrobust_sc.data._alignment import align_to_genes
 from scrobust_sc.data._memory import matrix_in_memory
 from scrobust_sc.data._peaks import peak_names
 from scrobust_sc.model._model import restrict_labels
+
+from ._novelty import DEFAULT_NOVELTY_NEIGHBORS, neighbourhood_novelty
 
 logger = logging.getLogger("scrobust_sc")
 
@@ -55,6 +58,15 @@ def _training_view(adata: ad.AnnData, labels_key: str, layer: str | None, modali
     if layer is None:
         return ad.AnnData(X=matrix, obs=obs, var=var)
     return ad.AnnData(X=None, obs=obs, var=var, layers={layer: matrix})
+
+
+def _counts(adata: ad.AnnData, layer: str | None):
+    """``adata``'s counts: ``X``, or ``layers[layer]``."""
+    if layer is None:
+        return adata.X
+    if layer not in adata.layers:
+        raise ValueError(f"layer {layer!r} is not in adata.layers (layers: {list(adata.layers.keys())}).")
+    return adata.layers[layer]
 
 
 def _with_unlabelled(
@@ -135,8 +147,13 @@ def write_annotation(
     allowed_labels: Sequence[str] | None,
     novelty: np.ndarray | None = None,
     novelty_threshold: float | None = None,
+    cell_novelty: np.ndarray | None = None,
 ) -> None:
-    """Write labels, confidences and probabilities of ``proba`` into ``target``."""
+    """Write labels, confidences and probabilities of ``proba`` into ``target``.
+
+    ``novelty`` is the score compared with ``novelty_threshold``; ``cell_novelty``, when
+    given, each cell's own score before it was read over neighbourhoods.
+    """
     proba = restrict_labels(proba, allowed_labels)
     values = proba.to_numpy()
     confidence = values.max(axis=1)
@@ -145,6 +162,8 @@ def write_annotation(
         labels[confidence < unknown_threshold] = UNKNOWN_LABEL
     if novelty is not None:
         target.obs[f"{key_added}_novelty"] = novelty.astype(np.float32)
+        if cell_novelty is not None:
+            target.obs[f"{key_added}_cell_novelty"] = np.asarray(cell_novelty).astype(np.float32)
         if novelty_threshold is not None:
             labels[novelty > novelty_threshold] = UNKNOWN_LABEL
     categories = list(proba.columns) + ([UNKNOWN_LABEL] if UNKNOWN_LABEL not in proba.columns else [])
@@ -162,6 +181,7 @@ def annotate(
     layer: str | None = None,
     unknown_threshold: float | None = DEFAULT_UNKNOWN_THRESHOLD,
     novelty_threshold: float | None = DEFAULT_NOVELTY_THRESHOLD,
+    novelty_neighbors: int | None = DEFAULT_NOVELTY_NEIGHBORS,
     allowed_labels: Sequence[str] | None = None,
     key_added: str = DEFAULT_KEY,
     embedding_key: str | None = EMBEDDING_KEY,
@@ -187,7 +207,9 @@ def annotate(
 
     Writes ``obs[f"{key_added}_label"]`` (categorical; ``"Unknown"`` where the confidence
     is below ``unknown_threshold`` or the novelty above ``novelty_threshold``),
-    ``obs[f"{key_added}_novelty"]``, ``obs[f"{key_added}_confidence"]`` (largest class
+    ``obs[f"{key_added}_novelty"]`` (the novelty the threshold reads),
+    ``obs[f"{key_added}_cell_novelty"]`` (each cell's own, when ``novelty_neighbors`` is
+    used), ``obs[f"{key_added}_confidence"]`` (largest class
     probability), ``obsm[f"{key_added}_probabilities"]`` (cells x types, columns in
     ``uns[key_added]["cell_types"]``), ``obsm[embedding_key]`` and ``uns[key_added]``
     (parameters and the gene-matching report).
@@ -214,6 +236,15 @@ def annotate(
         rejects on novelty. When more than a fifth of the cells are called ``"Unknown"``, a
         warning says so (``UNKNOWN_SHARE_WARNING``): a query from another platform can
         look novel as a whole.
+    novelty_neighbors
+        The novelty compared with ``novelty_threshold`` is the median of the cell's own
+        and its nearest cells' in ``adata`` (this many cells, the cell included), in the
+        PCA of ``adata``'s own log-normalised expression (2,000 most variable genes, 30
+        components). Cells of a type missing from the labels come as a population and
+        stay novel; a lone known cell in the tail does not, nor a query that another
+        platform shifts as a whole, unless the shift carries its median over the threshold.
+        Measured in ``docs/benchmarks.md`` ("Unknown" over neighbourhoods). ``None``: each
+        cell's own novelty. Used for RNA; peaks use each cell's own (unmeasured there).
     allowed_labels
         Restrict the predictions to these cell types.
     key_added
@@ -232,8 +263,8 @@ def annotate(
         cells; fine-tuning still reads ``reference``'s labels only. Measured in 5-fold CV
         with the test folds pre-trained on this way: macro-F1 within the spread of folds and
         seeds (``docs/design.md``); cells of types missing from the labels called
-        "Unknown" far more often (xin 0.69 -> 0.94, baron 0.75 -> 0.93, bastidas 0.08 ->
-        0.31; ``docs/benchmarks.md``). Across platforms (CellBench, CEL-seq2 -> Drop-seq)
+        "Unknown" far more often (each cell's own novelty: xin 0.69 -> 0.94, baron 0.75 ->
+        0.93, bastidas 0.08 -> 0.31; ``docs/benchmarks.md``). Across platforms (CellBench, CEL-seq2 -> Drop-seq)
         the types stay right but 42% of the query is called "Unknown" (56% pre-trained on the
         reference alone, 3% without pre-training).
     model_kwargs, train_kwargs, pretrain_kwargs
@@ -263,6 +294,11 @@ def annotate(
     >>> scrobust.tl.annotate(atac_query, reference=atac_ref, labels_key="cell_type", modality="atac")  # doctest: +SKIP
     >>> scrobust.tl.annotate(query, reference=ref, labels_key="cell_type", pretrain_on_query=True)  # doctest: +SKIP
     """
+    whole = isinstance(novelty_neighbors, (int, np.integer)) and not isinstance(novelty_neighbors, bool)
+    if novelty_neighbors is not None and (not whole or novelty_neighbors < 1):
+        raise ValueError(
+            f"novelty_neighbors must be a whole number of cells (at least 1) or None, not {novelty_neighbors!r}."
+        )
     if pretrain_on_query and (model is not None or reference is None):
         raise ValueError(
             "pretrain_on_query applies with reference= (a model is trained on the reference); without a reference "
@@ -298,6 +334,15 @@ def annotate(
     if model.module.classifier is None or not getattr(model, "is_fine_tuned_", False):
         raise ValueError("The model is not fine-tuned for cell types: train it with labels (`model.train`).")
     proba, novelty = model._classify_cells(query, None, 256)
+    cell_novelty = None
+    if novelty_neighbors is not None and model.modality == "rna":
+        cell_novelty = novelty
+        novelty = neighbourhood_novelty(
+            cell_novelty,
+            _counts(adata, model.registry_[_SETUP_ARGS_KEY].get("layer")),  # the matrix the model read
+            input_is_log=bool(model.module.input_is_log),
+            n_neighbors=int(novelty_neighbors),
+        )
     report = getattr(model, "last_alignment_", None) if query is not model.adata else None
     target = adata.copy() if copy else adata
     write_annotation(
@@ -308,6 +353,7 @@ def annotate(
         allowed_labels=allowed_labels,
         novelty=novelty,
         novelty_threshold=novelty_threshold,
+        cell_novelty=cell_novelty,
     )
     if embedding_key is not None:
         target.obsm[embedding_key] = model.get_latent_representation(query)
@@ -317,6 +363,7 @@ def annotate(
             "modality": model.modality,
             "unknown_threshold": unknown_threshold,
             "novelty_threshold": novelty_threshold,
+            "novelty_neighbors": novelty_neighbors if cell_novelty is not None else None,
             "allowed_labels": list(allowed_labels) if allowed_labels is not None else None,
             "layer": layer,
             "embedding_key": embedding_key,

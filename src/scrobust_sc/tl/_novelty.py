@@ -1,0 +1,167 @@
+"""Novelty read over each cell's neighbourhood in the annotated data, not the cell alone.
+
+A cell's own novelty score is compared with thresholds set on the reference. Two things
+make a single cell's score misleading: its noise (a few known cells of every type land in
+the tail) and a shift of the whole query (another platform or batch puts every cell a
+little farther from the reference). Cells of a type the reference lacks come as a
+population, so the median score of a cell's nearest cells in the query's own expression
+space keeps them and drops the lone outliers and the shift that does not cross the
+threshold (``docs/benchmarks.md``, "Unknown" over neighbourhoods).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import sparse
+
+from scrobust_sc.data._ranking import _row_chunks, log_normalized_block, log_normalized_moments
+
+#: Cells in a neighbourhood (the cell itself included) whose median novelty decides.
+DEFAULT_NOVELTY_NEIGHBORS = 15
+#: Genes and principal components of the query's own expression space.
+NEIGHBOURHOOD_GENES = 2000
+NEIGHBOURHOOD_PCS = 30
+#: Exact neighbours below this many cells, pynndescent above (as scanpy).
+EXACT_NEIGHBORS_LIMIT = 8192
+
+
+def variable_genes(mean: np.ndarray, var: np.ndarray, n_top: int, *, n_bins: int = 20) -> np.ndarray:
+    """Positions of the ``n_top`` most variable genes: dispersion normalised within mean bins.
+
+    The ``"seurat"`` flavour of :func:`scanpy.pp.highly_variable_genes`, on the moments of
+    log-normalised values: each gene's log dispersion (variance over mean) minus the mean
+    of its bin of genes of similar mean, over the bin's standard deviation. Genes never
+    expressed are never chosen.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> mean = np.array([1.0, 1.0, 1.0, 0.0])
+    >>> var = np.array([0.1, 3.0, 0.5, 0.0])
+    >>> variable_genes(mean, var, 2).tolist()
+    [1, 2]
+    """
+    mean = np.asarray(mean, dtype=np.float64)
+    var = np.asarray(var, dtype=np.float64)
+    expressed = np.flatnonzero(mean > 0)
+    if expressed.size <= n_top:
+        return expressed
+    with np.errstate(divide="ignore"):
+        log_disp = np.log(np.maximum(var[expressed], 1e-12) / mean[expressed])
+    edges = np.linspace(mean[expressed].min(), mean[expressed].max(), n_bins + 1)
+    bins = np.clip(np.digitize(mean[expressed], edges[1:-1]), 0, n_bins - 1)
+    normalised = np.zeros_like(log_disp)
+    for b in np.unique(bins):
+        rows = bins == b
+        spread = log_disp[rows].std()
+        normalised[rows] = (log_disp[rows] - log_disp[rows].mean()) / spread if spread > 0 else 0.0
+    order = np.argsort(-normalised, kind="stable")[:n_top]
+    return np.sort(expressed[order])
+
+
+def expression_pcs(
+    matrix, *, input_is_log: bool, n_genes: int = NEIGHBOURHOOD_GENES, n_pcs: int = NEIGHBOURHOOD_PCS, seed: int = 0
+) -> np.ndarray:
+    """Principal components of ``log1p`` counts per 10,000 over the data's most variable genes.
+
+    Read chunk by chunk: only the chosen genes' non-zeros are held at once.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> counts = np.random.default_rng(0).poisson(1.0, size=(40, 30))
+    >>> expression_pcs(counts, input_is_log=False, n_genes=20, n_pcs=5).shape
+    (40, 5)
+    """
+    from sklearn.decomposition import PCA
+
+    mean, var = log_normalized_moments(matrix, input_is_log=input_is_log)
+    genes = variable_genes(mean, var, n_genes)
+    blocks = [
+        log_normalized_block(block, input_is_log=input_is_log)[:, genes].astype(np.float32)
+        for block in _row_chunks(matrix)
+    ]
+    values = sparse.vstack(blocks, format="csr") if blocks else sparse.csr_matrix((0, genes.size), dtype=np.float32)
+    n_components = min(n_pcs, values.shape[0] - 1, values.shape[1] - 1)
+    if n_components < 1:
+        return np.zeros((values.shape[0], 0), dtype=np.float32)
+    pca = PCA(n_components=n_components, svd_solver="arpack", random_state=seed)
+    return pca.fit_transform(values).astype(np.float32)
+
+
+def nearest_cells(points: np.ndarray, n_neighbors: int, *, seed: int = 0) -> np.ndarray:
+    """Each cell's ``n_neighbors`` nearest cells (Euclidean), itself included: ``(n, k)`` positions.
+
+    Exact below :data:`EXACT_NEIGHBORS_LIMIT` cells, approximate (pynndescent) above.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> nearest_cells(np.array([[0.0], [0.1], [5.0], [5.2]]), 2).tolist()
+    [[0, 1], [1, 0], [2, 3], [3, 2]]
+    """
+    points = np.asarray(points, dtype=np.float32)
+    k = min(n_neighbors, points.shape[0])
+    if points.shape[0] < EXACT_NEIGHBORS_LIMIT:
+        from sklearn.neighbors import NearestNeighbors
+
+        idx = NearestNeighbors(n_neighbors=k).fit(points).kneighbors(points, return_distance=False)
+    else:
+        from pynndescent import NNDescent
+
+        idx = NNDescent(points, n_neighbors=k, random_state=seed).neighbor_graph[0]
+    own = np.arange(points.shape[0])
+    missing = ~(idx == own[:, None]).any(axis=1)  # an exact duplicate may take a cell's own place
+    idx[missing, -1] = own[missing]
+    return idx
+
+
+def neighbourhood_median(values: np.ndarray, neighbors: np.ndarray) -> np.ndarray:
+    """Median of ``values`` over each row of ``neighbors`` (positions into ``values``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> neighbourhood_median(np.array([0.2, 3.0, 0.4]), np.array([[0, 1, 2], [1, 0, 2], [2, 1, 1]])).tolist()
+    [0.4, 0.4, 3.0]
+    """
+    values = np.asarray(values, dtype=np.float64)
+    return np.median(values[np.asarray(neighbors)], axis=1)
+
+
+def neighbourhood_novelty(
+    novelty: np.ndarray,
+    matrix,
+    *,
+    input_is_log: bool,
+    n_neighbors: int = DEFAULT_NOVELTY_NEIGHBORS,
+    seed: int = 0,
+) -> np.ndarray:
+    """The median novelty of each cell's ``n_neighbors`` nearest cells in ``matrix``'s expression space.
+
+    ``matrix`` holds the same cells' counts (or log-normalised values when
+    ``input_is_log``); the space is the PCA of its most variable genes
+    (:func:`expression_pcs`), so it is the data's own structure, not the model's.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> counts = np.vstack([rng.poisson(5.0, size=(30, 40)), rng.poisson(0.2, size=(30, 40))])
+    >>> novelty = np.r_[np.full(30, 0.2), np.full(30, 2.0)]
+    >>> novelty[0] = 5.0  # a lone outlier among known cells
+    >>> smoothed = neighbourhood_novelty(novelty, counts, input_is_log=False, n_neighbors=5)
+    >>> bool(smoothed[0] < 1), bool((smoothed[30:] > 1).all())
+    (True, True)
+    """
+    novelty = np.asarray(novelty, dtype=np.float64)
+    if novelty.shape[0] != matrix.shape[0]:
+        raise ValueError(f"{novelty.shape[0]} novelty scores for {matrix.shape[0]} cells.")
+    if n_neighbors < 1:
+        raise ValueError(f"n_neighbors must be at least 1, not {n_neighbors}.")
+    if n_neighbors == 1 or novelty.shape[0] < 2:
+        return novelty.copy()
+    pcs = expression_pcs(matrix, input_is_log=input_is_log, seed=seed)
+    if pcs.shape[1] == 0:
+        return novelty.copy()
+    return neighbourhood_median(novelty, nearest_cells(pcs, n_neighbors, seed=seed))
