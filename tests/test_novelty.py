@@ -122,6 +122,9 @@ def test_a_novel_population_stays_novel_and_a_lone_outlier_does_not(small_pbmc):
     assert (smoothed[~novel] > 1.0).mean() < 0.05
     # each cell alone: the input as it was, and a neighbourhood of one is the cell itself
     np.testing.assert_array_equal(neighbourhood_novelty(cell, small_pbmc.X, input_is_log=False, n_neighbors=1), cell)
+    # too few cells for reliable neighbourhoods (under 10 x 15): each cell's own novelty
+    few = neighbourhood_novelty(cell[:120], small_pbmc.X[:120], input_is_log=False, n_neighbors=15)
+    np.testing.assert_array_equal(few, cell[:120])
 
 
 def test_variable_genes_compare_dispersions_among_genes_of_similar_mean():
