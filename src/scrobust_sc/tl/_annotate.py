@@ -244,7 +244,8 @@ def annotate(
         stay novel; a lone known cell in the tail does not, nor a query that another
         platform shifts as a whole, unless the shift carries its median over the threshold.
         Measured in ``docs/benchmarks.md`` ("Unknown" over neighbourhoods). ``None``: each
-        cell's own novelty. Used for RNA; peaks use each cell's own (unmeasured there).
+        cell's own novelty, as with fewer than 10 times this many cells in ``adata``. Used
+        for RNA; peaks use each cell's own (unmeasured there).
     allowed_labels
         Restrict the predictions to these cell types.
     key_added
