@@ -28,7 +28,7 @@ NEIGHBOURHOOD_PCS = 30
 #: Fewer cells than this many neighbourhoods' worth and each cell's own novelty is kept: on
 #: a 120-cell query (a split of the 600-cell demo data) the PCA neighbours of 12 unseen
 #: monocytes were monocytes 10% of the time and the median caught none of them; the rule
-#: was measured on queries of 175 to 3,874 cells (docs/benchmarks.md).
+#: was measured on queries of 172 to 3,874 cells (docs/benchmarks.md).
 MIN_CELLS_PER_NEIGHBOR = 10
 #: Exact neighbours below this many cells, pynndescent above (as scanpy).
 EXACT_NEIGHBORS_LIMIT = 8192
