@@ -417,8 +417,8 @@ def scrobust_method(
     import scvi
 
     from scrobust_sc.tl import fit_annotator
-    from scrobust_sc.tl._annotate import DEFAULT_NOVELTY_THRESHOLD
-    from scrobust_sc.tl._novelty import DEFAULT_NOVELTY_NEIGHBORS, neighbourhood_novelty
+    from scrobust_sc.tl._annotate import DEFAULT_NOVELTY_THRESHOLD, novelty_over_neighbourhoods
+    from scrobust_sc.tl._novelty import DEFAULT_NOVELTY_NEIGHBORS
 
     check_scrobust_options(options)
     options = dict(options or {})
@@ -442,11 +442,10 @@ def scrobust_method(
         setup_kwargs=options.get("setup_kwargs"),
     )
     proba, novelty = model._classify_cells(test, None, 256)
-    neighbors = options.get("novelty_neighbors", DEFAULT_NOVELTY_NEIGHBORS)
-    if neighbors is not None and modality == "rna":
-        novelty = neighbourhood_novelty(
-            novelty, test.X, input_is_log=bool(model.module.input_is_log), n_neighbors=int(neighbors), seed=seed
-        )
+    smoothed = novelty_over_neighbourhoods(
+        model, test, novelty, options.get("novelty_neighbors", DEFAULT_NOVELTY_NEIGHBORS)
+    )
+    novelty = novelty if smoothed is None else smoothed
     labels = Prediction.from_proba(proba).labels
     return Prediction(labels, novelty > DEFAULT_NOVELTY_THRESHOLD, np.asarray(novelty, dtype=float))
 

@@ -49,9 +49,7 @@ def _training_view(adata: ad.AnnData, labels_key: str, layer: str | None, modali
     if (labels == UNKNOWN_LABEL).all():
         raise ValueError(f"adata.obs[{labels_key!r}] has no labelled cell (all NaN or {UNKNOWN_LABEL!r}).")
     obs = pd.DataFrame({labels_key: pd.Categorical(labels)}, index=adata.obs_names.copy())
-    matrix = adata.X if layer is None else adata.layers[layer] if layer in adata.layers else None
-    if matrix is None:
-        raise ValueError(f"layer {layer!r} is not in adata.layers (layers: {list(adata.layers.keys())}).")
+    matrix = _counts(adata, layer)
     if adata.isbacked:
         matrix = matrix_in_memory(matrix, what="Reading the backed (on-disk) reference matrix into memory for training")
     var = pd.DataFrame(index=peak_names(adata) if modality == "atac" else adata.var_names.copy())
@@ -67,6 +65,26 @@ def _counts(adata: ad.AnnData, layer: str | None):
     if layer not in adata.layers:
         raise ValueError(f"layer {layer!r} is not in adata.layers (layers: {list(adata.layers.keys())}).")
     return adata.layers[layer]
+
+
+def novelty_over_neighbourhoods(model, adata: ad.AnnData, novelty: np.ndarray, n_neighbors: int | None):
+    """``novelty`` of ``adata``'s cells read over neighbourhoods, as ``annotate`` reads it; ``None`` if not.
+
+    Not for ``n_neighbors=None`` nor for peaks. The neighbours come from the matrix the model
+    reads (its registered layer) of ``adata``, whose cells are those of ``novelty``.
+
+    Examples
+    --------
+    >>> smoothed = novelty_over_neighbourhoods(model, query, model.predict_novelty(query), 15)  # doctest: +SKIP
+    """
+    if n_neighbors is None or model.modality != "rna":
+        return None
+    return neighbourhood_novelty(
+        novelty,
+        _counts(adata, model.registry_[_SETUP_ARGS_KEY].get("layer")),
+        input_is_log=bool(model.module.input_is_log),
+        n_neighbors=int(n_neighbors),
+    )
 
 
 def _with_unlabelled(
@@ -336,14 +354,9 @@ def annotate(
         raise ValueError("The model is not fine-tuned for cell types: train it with labels (`model.train`).")
     proba, novelty = model._classify_cells(query, None, 256)
     cell_novelty = None
-    if novelty_neighbors is not None and model.modality == "rna":
-        cell_novelty = novelty
-        novelty = neighbourhood_novelty(
-            cell_novelty,
-            _counts(adata, model.registry_[_SETUP_ARGS_KEY].get("layer")),  # the matrix the model read
-            input_is_log=bool(model.module.input_is_log),
-            n_neighbors=int(novelty_neighbors),
-        )
+    smoothed = novelty_over_neighbourhoods(model, adata, novelty, novelty_neighbors)
+    if smoothed is not None:
+        cell_novelty, novelty = novelty, smoothed
     report = getattr(model, "last_alignment_", None) if query is not model.adata else None
     target = adata.copy() if copy else adata
     write_annotation(
