@@ -123,6 +123,13 @@ def test_many_unknown_calls_warn_and_name_the_fix(small_pbmc, seeded, caplog):
         scrobust.tl.annotate(query, model=model, novelty_threshold=0.0)  # every cell above it
     assert (query.obs["scrobust_label"] == "Unknown").all()
     assert "100% of the 200 cells" in caplog.text and "novelty_threshold=None" in caplog.text
+    median = float(np.median(query.obs["scrobust_novelty"]))
+    assert f"median novelty is {median:.2f}, above the threshold 0.00" in caplog.text
+    caplog.clear()
+    threshold = float(np.quantile(query.obs["scrobust_novelty"], 0.7))  # over a fifth Unknown, median below it
+    with caplog.at_level("WARNING"):
+        scrobust.tl.annotate(query, model=model, novelty_threshold=threshold)
+    assert "of the 200 cells were called" in caplog.text and "median novelty" not in caplog.text
 
 
 def test_untrained_model_cannot_annotate(small_pbmc):

@@ -87,6 +87,19 @@ def novelty_over_neighbourhoods(model, adata: ad.AnnData, novelty: np.ndarray, n
     )
 
 
+def _whole_query_shift(novelty: np.ndarray, threshold: float | None) -> str:
+    """A sentence for the many-"Unknown" warning when the query's median novelty is above the threshold."""
+    if threshold is None or novelty.size == 0:
+        return ""
+    median = float(np.median(novelty))
+    if median <= threshold:
+        return ""
+    return (
+        f" The query's median novelty is {median:.2f}, above the threshold {threshold:.2f}: the query as a "
+        "whole lies beyond the reference, as after a platform or batch shift (or in a query of unseen types only)."
+    )
+
+
 def _with_unlabelled(
     view: ad.AnnData, unlabelled: ad.AnnData, labels_key: str, layer: str | None, modality: str
 ) -> ad.AnnData:
@@ -395,10 +408,11 @@ def annotate(
             "%.0f%% of the %d cells were called %r. Expected for cell types missing from the labels; but cells "
             "from another platform or batch than the reference can look novel as a whole although their types "
             "are right. Check obs[%r] and the probabilities, or pass novelty_threshold=None (or a higher value) "
-            "to call Unknown on the probability rule alone.",
+            "to call Unknown on the probability rule alone.%s",
             100 * n_unknown / target.n_obs,
             target.n_obs,
             UNKNOWN_LABEL,
             f"{key_added}_novelty",
+            _whole_query_shift(novelty, novelty_threshold),
         )
     return target if copy else None
