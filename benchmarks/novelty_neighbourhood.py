@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 from pathlib import Path
 
@@ -33,8 +34,9 @@ import torch
 from sklearn.metrics import f1_score, roc_auc_score
 
 from scrobust_sc.benchmark._splits import novel_splits
+from scrobust_sc.module._module import DISTANCE_NOVELTY_SCALE
 from scrobust_sc.tl import fit_annotator
-from scrobust_sc.tl._novelty import DEFAULT_NOVELTY_NEIGHBORS, neighbourhood_novelty
+from scrobust_sc.tl._novelty import DEFAULT_NOVELTY_NEIGHBORS, expression_pcs, neighbourhood_novelty
 
 THRESHOLD = 1.0
 
@@ -71,6 +73,8 @@ def run_split(train: ad.AnnData, test: ad.AnnData, known: np.ndarray, args) -> d
     smoothed = neighbourhood_novelty(
         own, test.X, input_is_log=bool(model.module.input_is_log), n_neighbors=args.neighbors
     )
+    if args.save_scores:
+        _save_scores(model, test, true, pred, known, own, Path(args.save_scores) / f"{args.split_name}.npz")
     return {
         "n_test": int(test.n_obs),
         "n_novel": int((~known).sum()),
@@ -78,6 +82,27 @@ def run_split(train: ad.AnnData, test: ad.AnnData, known: np.ndarray, args) -> d
         "neighbourhood": rule_scores(smoothed, true, pred, known),
         "seconds": round(time.perf_counter() - start, 1),
     }
+
+
+def _save_scores(model, test, true, pred, known, own, path: Path) -> None:
+    """Each test cell's two novelty scores, labels and expression PCs, to try other rules offline."""
+    energy, distance = [], []
+    with torch.inference_mode():
+        for t in model._batches(test, None, 256):
+            logits, z = model._classify_batch(t)
+            energy.append(model.module.energy_novelty(logits).cpu())
+            distance.append((model.module.distance_novelty(z, logits.argmax(1)) / DISTANCE_NOVELTY_SCALE).cpu())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(
+        path,
+        novelty=own,
+        energy=torch.cat(energy).numpy(),
+        distance=torch.cat(distance).numpy(),
+        true=np.asarray(true, dtype=str),
+        pred=np.asarray(pred, dtype=str),
+        known=known,
+        pcs=expression_pcs(test.X, input_is_log=bool(model.module.input_is_log)),
+    )
 
 
 def main(argv=None) -> None:
@@ -94,6 +119,7 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--tag", default="")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    parser.add_argument("--save-scores", default=None, help="folder for each split's per-cell scores (.npz)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     adata = ad.read_h5ad(args.data)
@@ -105,6 +131,7 @@ def main(argv=None) -> None:
                 continue
             test = adata[split.test].copy()
             known = labels[split.test] != split.held_out
+            args.split_name = f"{Path(args.data).stem}_{re.sub(r'[^A-Za-z0-9+-]+', '_', split.held_out)}"
             results[split.held_out] = run_split(adata[split.train].copy(), test, known, args)
             print(split.held_out, json.dumps(results[split.held_out]), flush=True)
     else:
@@ -114,6 +141,7 @@ def main(argv=None) -> None:
         train, test = adata[side == args.train].copy(), adata[side == args.test].copy()
         known = np.isin(test.obs[args.labels_key].astype(str), train.obs[args.labels_key].astype(str).unique())
         key = f"{args.train} -> {args.test}"
+        args.split_name = f"{Path(args.data).stem}_{args.train}-to-{args.test}"
         results[key] = run_split(train, test, known, args)
         print(key, json.dumps(results[key]), flush=True)
     rules = ("each_cell", "neighbourhood")
@@ -128,7 +156,7 @@ def main(argv=None) -> None:
     suffix = f"_{args.tag}" if args.tag else ""
     path = Path(args.out) / f"novelty_neighbourhood_{name}_{args.protocol}{suffix}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    settings = {k: v for k, v in vars(args).items() if k not in ("out",)}
+    settings = {k: v for k, v in vars(args).items() if k not in ("out", "save_scores", "split_name")}
     path.write_text(json.dumps({"dataset": name, "settings": settings, "splits": results, "mean": mean}, indent=2))
     print(json.dumps(mean, indent=2))
     print("wrote", path)
