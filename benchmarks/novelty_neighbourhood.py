@@ -17,6 +17,9 @@ scores both rules on the same trained model:
         --protocol cross --split-key platform --train Drop-seq --test CEL-seq2
 
 Writes ``benchmarks/results/novelty_neighbourhood_<dataset>_<protocol>[_<tag>].json``.
+``--save-scores DIR`` also keeps each split's per-cell scores; ``--from-scores DIR
+--thresholds 1 0.75 0.5`` then scores both rules at other thresholds without training
+(``novelty_thresholds_<dataset>_<protocol>[_<tag>].json``).
 """
 
 from __future__ import annotations
@@ -36,14 +39,23 @@ from sklearn.metrics import f1_score, roc_auc_score
 from scrobust_sc.benchmark._splits import novel_splits
 from scrobust_sc.module._module import DISTANCE_NOVELTY_SCALE
 from scrobust_sc.tl import fit_annotator
-from scrobust_sc.tl._novelty import DEFAULT_NOVELTY_NEIGHBORS, expression_pcs, neighbourhood_novelty
+from scrobust_sc.tl._novelty import (
+    DEFAULT_NOVELTY_NEIGHBORS,
+    expression_pcs,
+    nearest_cells,
+    neighbourhood_median,
+    neighbourhood_novelty,
+)
 
 THRESHOLD = 1.0
+METRICS = ("novel_caught", "known_rejected", "known_f1", "known_f1_without_rejection", "auroc")
 
 
-def rule_scores(novelty: np.ndarray, true: np.ndarray, pred: np.ndarray, known: np.ndarray) -> dict:
+def rule_scores(
+    novelty: np.ndarray, true: np.ndarray, pred: np.ndarray, known: np.ndarray, threshold: float = THRESHOLD
+) -> dict:
     """Unknown calls of one rule: held-out share caught, known-type F1 and rejections, AUROC."""
-    rejected = novelty > THRESHOLD
+    rejected = novelty > threshold
     out = {"known_rejected": float(rejected[known].mean())}
     if (~known).any():
         out["novel_caught"] = float(rejected[~known].mean())
@@ -105,6 +117,44 @@ def _save_scores(model, test, true, pred, known, own, path: Path) -> None:
     )
 
 
+def threshold_curve(scores: dict, thresholds, n_neighbors: int = DEFAULT_NOVELTY_NEIGHBORS) -> dict:
+    """Both rules at each threshold, from one split's saved scores (``--save-scores``)."""
+    known, true, pred = scores["known"], scores["true"], scores["pred"]
+    own = scores["novelty"]
+    smoothed = neighbourhood_median(own, nearest_cells(scores["pcs"], n_neighbors))
+    return {
+        rule: {f"{t:g}": rule_scores(values, true, pred, known, threshold=t) for t in thresholds}
+        for rule, values in (("each_cell", own), ("neighbourhood", smoothed))
+    }
+
+
+def _curves_from_scores(args) -> None:
+    """``--from-scores``: the threshold curve of every saved split of ``--data``'s dataset."""
+    name = Path(args.data).stem
+    files = sorted(Path(args.from_scores).glob(f"{name}_*.npz"))
+    if not files:
+        raise SystemExit(f"No {name}_*.npz in {args.from_scores}: run with --save-scores first.")
+    splits = {}
+    for f in files:
+        with np.load(f) as saved:
+            splits[f.stem[len(name) + 1 :]] = threshold_curve(dict(saved), args.thresholds, args.neighbors)
+    rules = ("each_cell", "neighbourhood")
+    mean = {
+        rule: {
+            t: {m: float(np.nanmean([s[rule][t].get(m, np.nan) for s in splits.values()])) for m in METRICS}
+            for t in next(iter(splits.values()))[rule]
+        }
+        for rule in rules
+    }
+    suffix = f"_{args.tag}" if args.tag else ""
+    path = Path(args.out) / f"novelty_thresholds_{name}_{args.protocol}{suffix}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    settings = {"thresholds": args.thresholds, "neighbors": args.neighbors, "protocol": args.protocol}
+    path.write_text(json.dumps({"dataset": name, "settings": settings, "splits": splits, "mean": mean}, indent=2))
+    print(json.dumps(mean, indent=2))
+    print("wrote", path)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True)
@@ -120,7 +170,14 @@ def main(argv=None) -> None:
     parser.add_argument("--tag", default="")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     parser.add_argument("--save-scores", default=None, help="folder for each split's per-cell scores (.npz)")
+    parser.add_argument(
+        "--from-scores", default=None, help="train nothing: the threshold curve of the scores saved in this folder"
+    )
+    parser.add_argument("--thresholds", type=float, nargs="+", default=[1.0, 0.75, 0.5])
     args = parser.parse_args(argv)
+    if args.from_scores:
+        _curves_from_scores(args)
+        return
     torch.set_num_threads(args.threads)
     adata = ad.read_h5ad(args.data)
     labels = adata.obs[args.labels_key].astype(str).to_numpy()

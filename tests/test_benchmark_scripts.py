@@ -116,3 +116,24 @@ def test_novelty_rule_scores_count_rejected_known_cells_as_errors():
     assert out["known_rejected"] == 0.25 and out["novel_caught"] == 0.5
     assert out["known_f1_without_rejection"] == 1.0 and out["known_f1"] < 1.0  # one "a" called Unknown
     assert out["auroc"] == 0.8125  # novel 2.0, 0.5 against known 0.1 x3, 2.0: 6.5 of 8 pairs
+
+
+def test_novelty_threshold_curve_scores_both_rules_at_each_threshold():
+    import numpy as np
+
+    script = _script("novelty_neighbourhood")
+    rng = np.random.default_rng(0)
+    pcs = np.vstack([rng.normal(0, 1, (40, 3)), rng.normal(20, 1, (20, 3))]).astype(np.float32)
+    true = np.array(["a"] * 20 + ["b"] * 20 + ["new"] * 20)
+    pred = np.array(["a"] * 20 + ["b"] * 20 + ["a"] * 20)
+    known = true != "new"
+    own = np.r_[np.full(40, 0.2), np.full(20, 0.8)]
+    own[0] = 3.0  # a lone known outlier
+    curve = script.threshold_curve(
+        {"novelty": own, "pcs": pcs, "true": true, "pred": pred, "known": known}, [1.0, 0.5], n_neighbors=5
+    )
+    assert curve["each_cell"]["1"] == script.rule_scores(own, true, pred, known)
+    assert curve["each_cell"]["1"]["known_rejected"] == 1 / 40 and curve["each_cell"]["1"]["novel_caught"] == 0.0
+    strict, lenient = curve["neighbourhood"]["1"], curve["neighbourhood"]["0.5"]
+    assert strict["known_rejected"] == 0.0 and strict["novel_caught"] == 0.0
+    assert lenient["novel_caught"] == 1.0 and lenient["known_rejected"] == 0.0
