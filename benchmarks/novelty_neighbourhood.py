@@ -1,7 +1,8 @@
 """The "Unknown" rule on each cell's own novelty against the median over its neighbourhood.
 
 Trains scRobust as the benchmark harness does (``scrobust_method``'s ``fit_annotator``
-path, seed 0, no pre-training unless ``--pretrain-steps``) on the harness's splits and
+path, seed 0, no pre-training unless ``--pretrain-steps``, on the training cells and with
+``--pretrain-on-test`` the test cells too) on the harness's splits and
 scores both rules on the same trained model:
 
 - ``--protocol novel``: each type with at least 10 cells left out of training in turn
@@ -75,6 +76,7 @@ def run_split(train: ad.AnnData, test: ad.AnnData, known: np.ndarray, args) -> d
     model = fit_annotator(
         train,
         args.labels_key,
+        unlabelled=test if args.pretrain_on_test else None,
         pretrain=args.pretrain_steps > 0,
         pretrain_kwargs={**quiet, "max_steps": args.pretrain_steps} if args.pretrain_steps > 0 else quiet,
         train_kwargs=quiet,
@@ -166,6 +168,11 @@ def main(argv=None) -> None:
     parser.add_argument("--held-out", nargs="*", default=None, help="only these types (novel)")
     parser.add_argument("--neighbors", type=int, default=DEFAULT_NOVELTY_NEIGHBORS)
     parser.add_argument("--pretrain-steps", type=int, default=0)
+    parser.add_argument(
+        "--pretrain-on-test",
+        action="store_true",
+        help="pre-train on the test cells too, labels hidden (the harness's pretrain_on_test)",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--tag", default="")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
