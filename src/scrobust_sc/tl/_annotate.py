@@ -266,7 +266,8 @@ def annotate(
         type than 1.2 times the distance 95% of them lie from each other. ``None`` never
         rejects on novelty. When more than a fifth of the cells are called ``"Unknown"``, a
         warning says so (``UNKNOWN_SHARE_WARNING``): a query from another platform can
-        look novel as a whole.
+        look novel as a whole, and the warning gives the query's median novelty when it
+        is above the threshold.
     novelty_neighbors
         The novelty compared with ``novelty_threshold`` is the median of the cell's own
         and its nearest cells' in ``adata`` (this many cells, the cell included), in the
