@@ -55,7 +55,9 @@ def main() -> None:
         help="fine-tuning epochs (default: the package's; earlier runs used 20, as their JSON records)",
     )
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0, help="scRobust's seed (the folds do not change)")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of scRobust and of the --peers (the folds do not change)"
+    )
     parser.add_argument("--train-kwargs", default="{}", help="JSON of extra SCRobust.train arguments")
     parser.add_argument("--model-kwargs", default="{}", help="JSON of extra SCRobust arguments")
     parser.add_argument(
@@ -108,7 +110,7 @@ def main() -> None:
         rows.append(_row("logreg", k, y[test_idx], pred, time.perf_counter() - t))
         for peer in filter(None, args.peers.split(",")):
             t = time.perf_counter()
-            pred = METHODS[peer](labelled_train, test, args.labels_key, seed=0).labels
+            pred = METHODS[peer](labelled_train, test, args.labels_key, seed=args.seed).labels
             rows.append(_row(peer, k, y[test_idx], pred, time.perf_counter() - t))
         if args.skip_scrobust:
             print(*[r for r in rows if r["fold"] == k], flush=True)
