@@ -127,14 +127,19 @@ def test_a_novel_population_stays_novel_and_a_lone_outlier_does_not(small_pbmc):
     np.testing.assert_array_equal(few, cell[:120])
 
 
-def test_variable_genes_compare_dispersions_among_genes_of_similar_mean():
-    from scrobust_sc.tl._novelty import variable_genes
+def test_neighbourhood_genes_compare_dispersions_among_genes_of_similar_mean():
+    from scrobust_sc.data import seurat_dispersion, top_genes_mask
 
-    # two mean bins: in the low one the raw dispersions are all larger than in the high one
+    # the choice of expression_pcs on log-normalised moments: two mean bins, in the low one
+    # the raw dispersions are all larger than in the high one
     mean = np.r_[np.full(5, 0.1), np.full(5, 3.0), 0.0]
     var = np.r_[0.5, 0.5, 0.5, 0.5, 2.0, 0.3, 0.3, 0.3, 0.3, 3.0, 0.0]
-    assert variable_genes(mean, var, 2).tolist() == [4, 9]  # the outlier of each bin, not the low bin alone
-    assert 10 not in variable_genes(mean, var, 10)  # never a gene that is not expressed
+
+    def chosen(n_top):
+        return np.flatnonzero(top_genes_mask(seurat_dispersion(mean, var), n_top)).tolist()
+
+    assert chosen(2) == [4, 9]  # the outlier of each bin, not the low bin alone
+    assert 10 not in chosen(11)  # never a gene that is not expressed
 
 
 def test_nearest_cells_always_include_the_cell_itself():

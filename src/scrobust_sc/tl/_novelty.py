@@ -16,7 +16,13 @@ import logging
 import numpy as np
 from scipy import sparse
 
-from scrobust_sc.data._ranking import _row_chunks, log_normalized_block, log_normalized_moments
+from scrobust_sc.data._ranking import (
+    _row_chunks,
+    log_normalized_block,
+    log_normalized_moments,
+    seurat_dispersion,
+    top_genes_mask,
+)
 
 logger = logging.getLogger("scrobust_sc")
 
@@ -34,45 +40,13 @@ MIN_CELLS_PER_NEIGHBOR = 10
 EXACT_NEIGHBORS_LIMIT = 8192
 
 
-def variable_genes(mean: np.ndarray, var: np.ndarray, n_top: int, *, n_bins: int = 20) -> np.ndarray:
-    """Positions of the ``n_top`` most variable genes: dispersion normalised within mean bins.
-
-    The ``"seurat"`` flavour of :func:`scanpy.pp.highly_variable_genes`, on the moments of
-    log-normalised values: each gene's log dispersion (variance over mean) minus the mean
-    of its bin of genes of similar mean, over the bin's standard deviation. Genes never
-    expressed are never chosen.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> mean = np.array([1.0, 1.0, 1.0, 0.0])
-    >>> var = np.array([0.1, 3.0, 0.5, 0.0])
-    >>> variable_genes(mean, var, 2).tolist()
-    [1, 2]
-    """
-    mean = np.asarray(mean, dtype=np.float64)
-    var = np.asarray(var, dtype=np.float64)
-    expressed = np.flatnonzero(mean > 0)
-    if expressed.size <= n_top:
-        return expressed
-    with np.errstate(divide="ignore"):
-        log_disp = np.log(np.maximum(var[expressed], 1e-12) / mean[expressed])
-    edges = np.linspace(mean[expressed].min(), mean[expressed].max(), n_bins + 1)
-    bins = np.clip(np.digitize(mean[expressed], edges[1:-1]), 0, n_bins - 1)
-    normalised = np.zeros_like(log_disp)
-    for b in np.unique(bins):
-        rows = bins == b
-        spread = log_disp[rows].std()
-        normalised[rows] = (log_disp[rows] - log_disp[rows].mean()) / spread if spread > 0 else 0.0
-    order = np.argsort(-normalised, kind="stable")[:n_top]
-    return np.sort(expressed[order])
-
-
 def expression_pcs(
     matrix, *, input_is_log: bool, n_genes: int = NEIGHBOURHOOD_GENES, n_pcs: int = NEIGHBOURHOOD_PCS, seed: int = 0
 ) -> np.ndarray:
     """Principal components of ``log1p`` counts per 10,000 over the data's most variable genes.
 
+    The genes are those of highest Seurat dispersion (:func:`~scrobust_sc.data.seurat_dispersion`)
+    computed on the log-normalised values' moments, which the neighbourhoods are built on.
     Read chunk by chunk: only the chosen genes' non-zeros are held at once.
 
     Examples
@@ -85,7 +59,7 @@ def expression_pcs(
     from sklearn.decomposition import PCA
 
     mean, var = log_normalized_moments(matrix, input_is_log=input_is_log)
-    genes = variable_genes(mean, var, n_genes)
+    genes = np.flatnonzero(top_genes_mask(seurat_dispersion(mean, var), n_genes))
     blocks = [
         log_normalized_block(block, input_is_log=input_is_log)[:, genes].astype(np.float32)
         for block in _row_chunks(matrix)
