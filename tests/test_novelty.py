@@ -4,6 +4,7 @@ import logging
 
 import numpy as np
 import pytest
+import scanpy as sc
 import scvi
 import torch
 from scvi import REGISTRY_KEYS
@@ -127,19 +128,19 @@ def test_a_novel_population_stays_novel_and_a_lone_outlier_does_not(small_pbmc):
     np.testing.assert_array_equal(few, cell[:120])
 
 
-def test_neighbourhood_genes_compare_dispersions_among_genes_of_similar_mean():
-    from scrobust_sc.data import seurat_dispersion, top_genes_mask
+def test_neighbourhood_genes_are_the_shared_seurat_dispersion_of_log_values(small_pbmc):
+    from scrobust_sc.data import log_normalized_moments, seurat_dispersion, top_genes_mask
+    from scrobust_sc.tl._novelty import neighbourhood_genes
 
-    # the choice of expression_pcs on log-normalised moments: two mean bins, in the low one
-    # the raw dispersions are all larger than in the high one
-    mean = np.r_[np.full(5, 0.1), np.full(5, 3.0), 0.0]
-    var = np.r_[0.5, 0.5, 0.5, 0.5, 2.0, 0.3, 0.3, 0.3, 0.3, 3.0, 0.0]
-
-    def chosen(n_top):
-        return np.flatnonzero(top_genes_mask(seurat_dispersion(mean, var), n_top)).tolist()
-
-    assert chosen(2) == [4, 9]  # the outlier of each bin, not the low bin alone
-    assert 10 not in chosen(11)  # never a gene that is not expressed
+    counts = small_pbmc.X
+    genes = neighbourhood_genes(counts, input_is_log=False, n_genes=50)
+    mean, var = log_normalized_moments(counts, input_is_log=False)
+    expected = np.flatnonzero(top_genes_mask(seurat_dispersion(mean, var), 50))
+    np.testing.assert_array_equal(genes, expected)
+    assert genes.size == 50 and (mean[genes] > 0).all()  # never a gene that is not expressed
+    # log-normalised input gives the same choice as the counts it came from
+    logged = sc.pp.log1p(sc.pp.normalize_total(small_pbmc, target_sum=1e4, copy=True), copy=True).X
+    np.testing.assert_array_equal(neighbourhood_genes(logged, input_is_log=True, n_genes=50), genes)
 
 
 def test_nearest_cells_always_include_the_cell_itself():

@@ -40,14 +40,31 @@ MIN_CELLS_PER_NEIGHBOR = 10
 EXACT_NEIGHBORS_LIMIT = 8192
 
 
+def neighbourhood_genes(matrix, *, input_is_log: bool, n_genes: int = NEIGHBOURHOOD_GENES) -> np.ndarray:
+    """Positions of the ``n_genes`` genes of highest Seurat dispersion of the log-normalised values.
+
+    :func:`~scrobust_sc.data.seurat_dispersion` on the per-gene moments of
+    ``log1p(normalize_total(x, 1e4))``, read chunk by chunk; genes that never vary are
+    never chosen.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> counts = np.random.default_rng(0).poisson(2.0, size=(60, 6))
+    >>> counts[:, 5] = 0  # gene 5 is never expressed
+    >>> neighbourhood_genes(counts, input_is_log=False, n_genes=10).tolist()
+    [0, 1, 2, 3, 4]
+    """
+    mean, var = log_normalized_moments(matrix, input_is_log=input_is_log)
+    return np.flatnonzero(top_genes_mask(seurat_dispersion(mean, var), n_genes))
+
+
 def expression_pcs(
     matrix, *, input_is_log: bool, n_genes: int = NEIGHBOURHOOD_GENES, n_pcs: int = NEIGHBOURHOOD_PCS, seed: int = 0
 ) -> np.ndarray:
     """Principal components of ``log1p`` counts per 10,000 over the data's most variable genes.
 
-    The genes are those of highest Seurat dispersion (:func:`~scrobust_sc.data.seurat_dispersion`)
-    computed on the log-normalised values' moments, which the neighbourhoods are built on.
-    Read chunk by chunk: only the chosen genes' non-zeros are held at once.
+    The genes are :func:`neighbourhood_genes`. Read chunk by chunk: only the chosen genes' non-zeros are held at once.
 
     Examples
     --------
@@ -58,8 +75,7 @@ def expression_pcs(
     """
     from sklearn.decomposition import PCA
 
-    mean, var = log_normalized_moments(matrix, input_is_log=input_is_log)
-    genes = np.flatnonzero(top_genes_mask(seurat_dispersion(mean, var), n_genes))
+    genes = neighbourhood_genes(matrix, input_is_log=input_is_log, n_genes=n_genes)
     blocks = [
         log_normalized_block(block, input_is_log=input_is_log)[:, genes].astype(np.float32)
         for block in _row_chunks(matrix)
