@@ -64,7 +64,8 @@ def expression_pcs(
 ) -> np.ndarray:
     """Principal components of ``log1p`` counts per 10,000 over the data's most variable genes.
 
-    The genes are :func:`neighbourhood_genes`. Read chunk by chunk: only the chosen genes' non-zeros are held at once.
+    The genes are :func:`neighbourhood_genes`. Read chunk by chunk: only the chosen genes'
+    non-zeros are held at once.
 
     Examples
     --------
