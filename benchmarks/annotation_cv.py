@@ -42,7 +42,7 @@ from scrobust_sc.benchmark import METHODS, logistic_regression_baseline
 from scrobust_sc.data._splits import stratified_validation_split
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", required=True)
     parser.add_argument("--labels-key", default="cell_type")
@@ -87,7 +87,7 @@ def main() -> None:
         help="predict under torch.autocast(bfloat16) on the model's device (with --train-kwargs and --pretrain-kwargs "
         '\'{"precision": "bf16-mixed"}\' for bf16 end to end)',
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if not 0 < args.label_fraction <= 1:
         parser.error(f"--label-fraction must be in (0, 1], got {args.label_fraction}")
     unknown = sorted(set(filter(None, args.peers.split(","))) - set(METHODS))

@@ -137,3 +137,72 @@ def test_novelty_threshold_curve_scores_both_rules_at_each_threshold():
     strict, lenient = curve["neighbourhood"]["1"], curve["neighbourhood"]["0.5"]
     assert strict["known_rejected"] == 0.0 and strict["novel_caught"] == 0.0
     assert lenient["novel_caught"] == 1.0 and lenient["known_rejected"] == 0.0
+
+
+def _small_labelled_file(path: Path) -> Path:
+    """Three of the demo's types, 60 cells each, its first 300 genes, written to ``path``."""
+    import scrobust_sc as scrobust
+
+    adata = scrobust.data.pbmc_demo()
+    types = sorted(adata.obs["cell_type"].unique())[:3]
+    adata[adata.obs["cell_type"].isin(types).to_numpy(), :300].copy().write_h5ad(path)
+    return path
+
+
+class _Stop(Exception):
+    """Raised by a stand-in for training once it has recorded its arguments."""
+
+
+@pytest.mark.parametrize("flag", [True, False])
+def test_novelty_neighbourhood_pretrains_on_exactly_the_test_cells_when_asked(tmp_path, monkeypatch, flag):
+    import anndata as ad
+    import numpy as np
+
+    from scrobust_sc.benchmark._splits import novel_splits
+
+    script = _script("novelty_neighbourhood")
+    data = _small_labelled_file(tmp_path / "toy.h5ad")
+    seen = {}
+
+    def record(train, labels_key, **kwargs):
+        seen.update(kwargs, train=train)
+        raise _Stop
+
+    monkeypatch.setattr(script, "fit_annotator", record)
+    labels = ad.read_h5ad(data).obs["cell_type"].astype(str).to_numpy()
+    split = novel_splits(labels)[0]
+    argv = ["--data", str(data), "--held-out", split.held_out, "--out", str(tmp_path)]
+    with pytest.raises(_Stop):
+        script.main(argv + ["--pretrain-on-test"] * flag)
+    cells = ad.read_h5ad(data).obs_names
+    assert seen["train"].obs_names.tolist() == cells[split.train].tolist()
+    if flag:
+        assert seen["unlabelled"].obs_names.tolist() == cells[split.test].tolist()
+        assert np.isin(split.held_out, seen["unlabelled"].obs["cell_type"].astype(str)).item()
+    else:
+        assert seen["unlabelled"] is None
+
+
+def test_annotation_cv_seeds_the_peers_and_names_the_file_by_seed(tmp_path, monkeypatch):
+    import json
+    import types
+
+    import numpy as np
+
+    cv = _script("annotation_cv")
+    data = _small_labelled_file(tmp_path / "toy.h5ad")
+    seeds = []
+
+    def peer(train, test, labels_key, seed):
+        seeds.append(seed)
+        return types.SimpleNamespace(labels=np.full(test.n_obs, train.obs[labels_key].astype(str).iloc[0]))
+
+    monkeypatch.setattr(cv, "METHODS", {"toy_peer": peer})
+    cv.main(
+        ["--data", str(data), "--folds", "0", "1", "--peers", "toy_peer", "--skip-scrobust"]
+        + ["--seed", "3", "--threads", "1", "--tag", "peer", "--out", str(tmp_path)]
+    )
+    assert seeds == [3, 3]
+    written = json.loads((tmp_path / "cv_toy_peer_seed3_folds0-1.json").read_text())
+    assert {r["method"] for r in written["rows"]} == {"logreg", "toy_peer"}
+    assert written["args"]["seed"] == 3
