@@ -16,6 +16,11 @@ scores both rules on the same trained model:
     .venv/bin/python benchmarks/novelty_neighbourhood.py --data ../shared/data/xin_pancreas_scclassify.h5ad
     .venv/bin/python benchmarks/novelty_neighbourhood.py --data ../shared/data/cellbench_lung_celllines.h5ad \
         --protocol cross --split-key platform --train Drop-seq --test CEL-seq2
+    .venv/bin/python benchmarks/novelty_neighbourhood.py --modality atac \
+        --data ../shared/data/scatac_granja2019_bonemarrow_epichaos.h5ad \
+        --train-kwargs '{"n_genes": 200, "gene_selection": "unique", "max_epochs": 5}'
+
+Peaks: neighbourhoods in the LSI of the test cells' TF-IDF peaks (``peak_lsi``).
 
 Writes ``benchmarks/results/novelty_neighbourhood_<dataset>_<protocol>[_<tag>].json``.
 ``--save-scores DIR`` also keeps each split's per-cell scores; ``--from-scores DIR
@@ -42,10 +47,10 @@ from scrobust_sc.module._module import DISTANCE_NOVELTY_SCALE
 from scrobust_sc.tl import fit_annotator
 from scrobust_sc.tl._novelty import (
     DEFAULT_NOVELTY_NEIGHBORS,
-    expression_pcs,
     nearest_cells,
     neighbourhood_median,
     neighbourhood_novelty,
+    neighbourhood_space,
 )
 
 THRESHOLD = 1.0
@@ -79,13 +84,14 @@ def run_split(train: ad.AnnData, test: ad.AnnData, known: np.ndarray, args) -> d
         unlabelled=test if args.pretrain_on_test else None,
         pretrain=args.pretrain_steps > 0,
         pretrain_kwargs={**quiet, "max_steps": args.pretrain_steps} if args.pretrain_steps > 0 else quiet,
-        train_kwargs=quiet,
+        train_kwargs={**quiet, **json.loads(args.train_kwargs)},
+        modality=args.modality,
     )
     proba, own = model._classify_cells(test, None, 256)
     pred = proba.columns.to_numpy()[proba.to_numpy().argmax(1)].astype(str)
     true = test.obs[args.labels_key].astype(str).to_numpy()
     smoothed = neighbourhood_novelty(
-        own, test.X, input_is_log=bool(model.module.input_is_log), n_neighbors=args.neighbors
+        own, test.X, input_is_log=bool(model.module.input_is_log), n_neighbors=args.neighbors, modality=args.modality
     )
     if args.save_scores:
         _save_scores(model, test, true, pred, known, own, Path(args.save_scores) / f"{args.split_name}.npz")
@@ -115,7 +121,7 @@ def _save_scores(model, test, true, pred, known, own, path: Path) -> None:
         true=np.asarray(true, dtype=str),
         pred=np.asarray(pred, dtype=str),
         known=known,
-        pcs=expression_pcs(test.X, input_is_log=bool(model.module.input_is_log)),
+        pcs=neighbourhood_space(test.X, input_is_log=bool(model.module.input_is_log), modality=model.modality),
     )
 
 
@@ -173,6 +179,8 @@ def main(argv=None) -> None:
         action="store_true",
         help="pre-train on the test cells too, labels hidden (the harness's pretrain_on_test)",
     )
+    parser.add_argument("--modality", default="rna", choices=["rna", "atac"], help="genes or peaks (PCA or LSI)")
+    parser.add_argument("--train-kwargs", default="{}", help="JSON of extra SCRobust.train arguments")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--tag", default="")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))

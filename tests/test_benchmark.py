@@ -241,23 +241,6 @@ def test_run_benchmark_hands_peer_features_to_the_peers(monkeypatch):
     assert seen == [0, 0]
 
 
-def test_lsi_features_drop_depth_and_scale_cells_to_unit_length():
-    from pathlib import Path
-
-    import anndata as ad
-
-    peaks = ad.read_h5ad(Path(__file__).parent / "data" / "granja_atac_fixture.h5ad")
-    xtr, xte = benchmark.peer_features(peaks[:200].copy(), peaks[200:].copy(), "atac", n_features=0)
-    ztr, zte = benchmark.lsi_features(xtr, xte, n_components=10)
-    assert ztr.shape == (200, 10) and zte.shape == (peaks.n_obs - 200, 10)
-    np.testing.assert_allclose(np.linalg.norm(ztr, axis=1), 1.0, rtol=1e-6)
-    # a cell and the same cell with every TF-IDF value doubled get the same LSI
-    doubled = benchmark.lsi_features(xtr, xte * 2.0, n_components=10)[1]
-    np.testing.assert_allclose(doubled, zte, atol=1e-6)
-    depth = np.diff(xtr.indptr)
-    assert abs(np.corrcoef(ztr[:, 0], depth)[0, 1]) < 0.9  # the depth component is gone
-
-
 def test_knn_on_every_gene_respects_the_dense_memory_budget(monkeypatch):
     # kNN on RNA densifies its features; with every gene that can be the whole matrix
     from scrobust_sc import settings

