@@ -294,6 +294,12 @@ def test_peak_neighbourhoods_keep_a_novel_population_and_drop_a_lone_outlier(ata
         assert kept["atac"] > 0.5  # the median keeps most of the population, not a minority
     space = neighbourhood_space(atac.X, input_is_log=False, modality="atac")
     assert space.shape == (atac.n_obs, 30)
+    # the LSI of the TF-IDF (IDF of every cell) of the most often accessible peaks
+    from scrobust_sc.tl._novelty import peak_lsi
+
+    top = scrobust.data.top_peaks_mask(atac.X, n_top=1000)
+    values = scrobust.data.tfidf_matrix(atac.X[:, top], scrobust.data.inverse_document_frequency(atac.X)[top])
+    np.testing.assert_allclose(peak_lsi(atac.X, n_peaks=1000), scrobust.data.lsi(values, n_components=30)[0], atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(space, axis=1), 1.0, rtol=1e-5)
     with pytest.raises(ValueError, match="modality must be"):
         neighbourhood_space(atac.X, input_is_log=False, modality="peaks")

@@ -160,14 +160,18 @@ def top_peaks_mask(matrix, *, n_top: int | None = None, min_cells: int = 1) -> n
     >>> top_peaks_mask(np.array([[1, 0, 1], [1, 0, 0]]), n_top=1).tolist()
     [True, False, False]
     """
-    counts = peak_cell_counts(matrix)
+    return _top_counts_mask(peak_cell_counts(matrix), n_top=n_top, min_cells=min_cells)
+
+
+def _top_counts_mask(counts: np.ndarray, *, n_top: int | None, min_cells: int = 1) -> np.ndarray:
+    """:func:`top_peaks_mask` from per-peak cell counts already read."""
     keep = counts >= max(int(min_cells), 0)
     if n_top is not None:
         if n_top < 1:
             raise ValueError(f"n_top must be positive or None, not {n_top}.")
         order = np.argsort(-counts, kind="stable")
         order = order[keep[order]][:n_top]
-        keep = np.zeros(matrix.shape[1], dtype=bool)
+        keep = np.zeros(counts.shape[0], dtype=bool)
         keep[order] = True
     return keep
 

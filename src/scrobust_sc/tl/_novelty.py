@@ -16,7 +16,7 @@ import logging
 import numpy as np
 from scipy import sparse
 
-from scrobust_sc.data._atac import inverse_document_frequency, lsi, tfidf_matrix, top_peaks_mask
+from scrobust_sc.data._atac import _top_counts_mask, lsi, peak_cell_counts, tfidf_matrix
 from scrobust_sc.data._ranking import (
     _row_chunks,
     log_normalized_block,
@@ -99,8 +99,8 @@ def peak_lsi(
 
     The scATAC counterpart of :func:`expression_pcs`: TF-IDF of the binarised counts
     (:func:`~scrobust_sc.data.tfidf_matrix`, the inverse document frequency of the whole
-    matrix), then :func:`~scrobust_sc.data.lsi` (first component dropped, unit rows). Read
-    chunk by chunk: only the chosen peaks' non-zeros are held at once.
+    matrix), then :func:`~scrobust_sc.data.lsi` (first component dropped, unit rows). Two
+    passes, chunk by chunk: only the chosen peaks' non-zeros are held at once.
 
     Examples
     --------
@@ -109,8 +109,9 @@ def peak_lsi(
     >>> peak_lsi(peaks, n_peaks=20, n_components=5).shape
     (40, 5)
     """
-    keep = np.flatnonzero(top_peaks_mask(matrix, n_top=n_peaks))
-    idf = inverse_document_frequency(matrix)[keep]
+    counts = peak_cell_counts(matrix)  # one pass for the peaks and their IDF, one for the TF-IDF
+    keep = np.flatnonzero(_top_counts_mask(counts, n_top=n_peaks))
+    idf = matrix.shape[0] / np.maximum(counts[keep], 1).astype(np.float64)
     blocks = [tfidf_matrix(block[:, keep], idf) for block in _row_chunks(matrix)]
     values = sparse.vstack(blocks, format="csr") if blocks else sparse.csr_matrix((0, keep.size), dtype=np.float32)
     return lsi(values, n_components=n_components, seed=seed)[0].astype(np.float32)
