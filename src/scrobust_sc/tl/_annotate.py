@@ -277,7 +277,9 @@ def annotate(
         platform shifts as a whole, unless the shift carries its median over the threshold.
         Measured in ``docs/benchmarks.md`` ("Unknown" over neighbourhoods). ``None``: each
         cell's own novelty, as with fewer than 10 times this many cells in ``adata``. Used
-        for RNA; peaks use each cell's own (unmeasured there).
+        for RNA; peaks use each cell's own, which caught more held-out types on scATAC than
+        neighbourhoods in the peaks' LSI did (``docs/benchmarks.md``, "scATAC-seq: held-out
+        types").
     allowed_labels
         Restrict the predictions to these cell types.
     key_added
