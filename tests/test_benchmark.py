@@ -135,6 +135,32 @@ def test_ablation_pretrains_once_a_split_and_scores_each_variant_as_if_run_alone
     assert hvg_alone.query("metric == 'f1_macro'")["value"].item() == f1["HVGs"]
 
 
+def test_ablation_variants_keep_the_users_other_training_options(monkeypatch):
+    """A variant changes only its own keys: the user's n_genes and epochs reach every variant."""
+    seen = {}
+
+    def spy(train, test, labels_key, *, options=None, **_):
+        seen[len(seen)] = options
+        return benchmark.Prediction.from_proba(pd.DataFrame({"a": np.ones(test.n_obs)}))
+
+    monkeypatch.setattr("scrobust_sc.benchmark._run.METHODS", {"scrobust": spy})
+    monkeypatch.setattr("scrobust_sc.benchmark._run.share_pretraining", lambda options, folder: options)
+    user = {"pretrain_on_test": True, "train_kwargs": {"n_genes": 200, "gene_selection": "unique", "max_epochs": 5}}
+    table = benchmark.run_benchmark(
+        scrobust.data.pbmc_demo(), protocol="ablation", folds=[0], quick=True, scrobust_options=user
+    )
+    variants = dict(zip(table.drop_duplicates("method")["method"], seen.values(), strict=True))
+    assert list(variants) == list(benchmark.ABLATION_VARIANTS)
+    for options in variants.values():
+        assert options["pretrain_on_test"] is True
+        assert options["train_kwargs"]["n_genes"] == 200 and options["train_kwargs"]["max_epochs"] == 5
+    assert variants["random genes"]["train_kwargs"]["gene_selection"] == "random"
+    assert variants["HVGs"]["train_kwargs"]["gene_selection"] == "hvg"
+    assert variants["no pre-training"]["train_kwargs"]["gene_selection"] == "unique"  # the user's own
+    assert variants["no pre-training"]["pretrain"] is False
+    assert user["train_kwargs"]["gene_selection"] == "unique"  # the caller's options are not modified
+
+
 def test_novel_protocol_scores_each_held_out_type():
     adata = scrobust.data.pbmc_demo()
     partial = []

@@ -184,7 +184,7 @@ def run_benchmark(
         raise ValueError(f"labels_key={labels_key!r} is not a column of adata.obs (columns: {columns}).")
     check_scrobust_options(scrobust_options)
     if protocol == "ablation":
-        variants = {name: {**(scrobust_options or {}), **opts} for name, opts in ABLATION_VARIANTS.items()}
+        variants = {name: _variant_options(scrobust_options, opts) for name, opts in ABLATION_VARIANTS.items()}
         runs = [(name, "scrobust", opts) for name, opts in variants.items()]
     else:
         unknown = [m for m in methods if m not in METHODS]
@@ -244,6 +244,21 @@ def run_benchmark(
                 if on_split is not None:
                     on_split(pd.DataFrame(rows, columns=COLUMNS))
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _variant_options(options: dict | None, variant: dict) -> dict:
+    """An ablation variant's options over the user's: keyword dictionaries merged key by key.
+
+    Examples
+    --------
+    >>> _variant_options({"train_kwargs": {"n_genes": 200}}, {"train_kwargs": {"gene_selection": "hvg"}})
+    {'train_kwargs': {'n_genes': 200, 'gene_selection': 'hvg'}}
+    """
+    out = dict(options or {})
+    for key, value in variant.items():
+        both = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = {**out[key], **value} if both else value
+    return out
 
 
 def _brief(scores: dict[str, float]) -> str:
