@@ -154,7 +154,8 @@ class _Stop(Exception):
 
 
 @pytest.mark.parametrize("flag", [True, False])
-def test_novelty_neighbourhood_pretrains_on_exactly_the_test_cells_when_asked(tmp_path, monkeypatch, flag):
+def test_novelty_neighbourhood_pretrains_on_exactly_the_test_cells_when_asked(tmp_path, monkeypatch, flag, one_thread):
+    # one_thread: main() sets torch's thread count; the fixture restores it for the tests after
     import anndata as ad
     import numpy as np
 
@@ -183,7 +184,8 @@ def test_novelty_neighbourhood_pretrains_on_exactly_the_test_cells_when_asked(tm
         assert seen["unlabelled"] is None
 
 
-def test_annotation_cv_seeds_the_peers_and_names_the_file_by_seed(tmp_path, monkeypatch):
+def test_annotation_cv_seeds_the_peers_and_names_the_file_by_seed(tmp_path, monkeypatch, one_thread):
+    # one_thread: main() sets torch's thread count; the fixture restores it for the tests after
     import json
     import types
 
