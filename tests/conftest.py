@@ -11,6 +11,19 @@ logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
 logging.getLogger("lightning.fabric").setLevel(logging.ERROR)
 torch.set_num_threads(2)
 
+
+@pytest.fixture(autouse=True)
+def _torch_threads_restored():
+    """Every test leaves torch's thread count as it found it.
+
+    Code under test may set it (a script's ``main()``, numba through scanpy); a count left
+    behind made a later test compare runs computed with different thread counts.
+    """
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
 #: small encoder for fast tests
 TINY = {"d_model": 32, "n_heads": 2, "n_layers": 1}
 QUIET = {"enable_progress_bar": False, "enable_model_summary": False, "logger": None}
