@@ -154,8 +154,7 @@ class _Stop(Exception):
 
 
 @pytest.mark.parametrize("flag", [True, False])
-def test_novelty_neighbourhood_pretrains_on_exactly_the_test_cells_when_asked(tmp_path, monkeypatch, flag, one_thread):
-    # one_thread: main() sets torch's thread count; the fixture restores it for the tests after
+def test_novelty_neighbourhood_pretrains_on_exactly_the_test_cells_when_asked(tmp_path, monkeypatch, flag):
     import anndata as ad
     import numpy as np
 
@@ -184,8 +183,7 @@ def test_novelty_neighbourhood_pretrains_on_exactly_the_test_cells_when_asked(tm
         assert seen["unlabelled"] is None
 
 
-def test_annotation_cv_seeds_the_peers_and_names_the_file_by_seed(tmp_path, monkeypatch, one_thread):
-    # one_thread: main() sets torch's thread count; the fixture restores it for the tests after
+def test_annotation_cv_seeds_the_peers_and_names_the_file_by_seed(tmp_path, monkeypatch):
     import json
     import types
 

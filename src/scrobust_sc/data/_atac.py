@@ -74,7 +74,12 @@ def inverse_document_frequency(matrix) -> np.ndarray:
     >>> inverse_document_frequency(np.array([[0, 2], [1, 5]])).tolist()
     [2.0, 1.0]
     """
-    return matrix.shape[0] / np.maximum(peak_cell_counts(matrix), 1).astype(np.float64)
+    return _idf_of_counts(matrix.shape[0], peak_cell_counts(matrix))
+
+
+def _idf_of_counts(n_cells: int, counts: np.ndarray) -> np.ndarray:
+    """:func:`inverse_document_frequency` from per-peak cell counts already read."""
+    return n_cells / np.maximum(counts, 1).astype(np.float64)
 
 
 def tfidf_matrix(matrix, idf: np.ndarray | None = None, *, scale_factor: float = TARGET_SUM) -> sparse.csr_matrix:

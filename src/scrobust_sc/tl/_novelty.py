@@ -16,7 +16,7 @@ import logging
 import numpy as np
 from scipy import sparse
 
-from scrobust_sc.data._atac import _top_counts_mask, lsi, peak_cell_counts, tfidf_matrix
+from scrobust_sc.data._atac import _idf_of_counts, _top_counts_mask, lsi, peak_cell_counts, tfidf_matrix
 from scrobust_sc.data._ranking import (
     _row_chunks,
     log_normalized_block,
@@ -111,7 +111,7 @@ def peak_lsi(
     """
     counts = peak_cell_counts(matrix)  # one pass for the peaks and their IDF, one for the TF-IDF
     keep = np.flatnonzero(_top_counts_mask(counts, n_top=n_peaks))
-    idf = matrix.shape[0] / np.maximum(counts[keep], 1).astype(np.float64)
+    idf = _idf_of_counts(matrix.shape[0], counts[keep])
     blocks = [tfidf_matrix(block[:, keep], idf) for block in _row_chunks(matrix)]
     values = sparse.vstack(blocks, format="csr") if blocks else sparse.csr_matrix((0, keep.size), dtype=np.float32)
     return lsi(values, n_components=n_components, seed=seed)[0].astype(np.float32)
