@@ -206,3 +206,46 @@ def test_annotation_cv_seeds_the_peers_and_names_the_file_by_seed(tmp_path, monk
     written = json.loads((tmp_path / "cv_toy_peer_seed3_folds0-1.json").read_text())
     assert {r["method"] for r in written["rows"]} == {"logreg", "toy_peer"}
     assert written["args"]["seed"] == 3
+
+
+def test_annotate_wall_time_hides_a_stratified_fifth_and_scores_only_those_cells(tmp_path):
+    import json
+
+    import numpy as np
+
+    import scrobust_sc as scrobust
+
+    wall = _script("annotate_wall_time")
+    adata = scrobust.data.pbmc_demo()
+    labels = adata.obs["cell_type"].astype(str).to_numpy()
+    hidden = wall.hidden_cells(labels)
+    assert hidden.tolist() == wall.hidden_cells(labels).tolist()  # seeded
+    assert abs(hidden.size - adata.n_obs / 5) <= len(np.unique(labels))
+    for t in np.unique(labels):  # stratified: each type loses about a fifth
+        assert abs(np.sum(labels[hidden] == t) - np.sum(labels == t) / 5) <= 1
+    path = tmp_path / "demo.h5ad"
+    adata.write_h5ad(path)
+    out = tmp_path / "wall.json"
+    options = json.dumps({"pretrain_steps": 0, "max_epochs": 2})
+    wall.main(
+        [
+            "--data-dir",
+            str(tmp_path),
+            "--datasets",
+            "demo",
+            "--threads",
+            "1",
+            "--annotate-kwargs",
+            options,
+            "--out",
+            str(out),
+        ]
+    )
+    (row,) = json.loads(out.read_text())["results"]
+    assert row["dataset"] == "demo" and row["modality"] == "rna"
+    assert row["n_hidden"] == hidden.size and row["n_cells"] == adata.n_obs
+    assert row["seconds"] > 0 and row["peak_rss_gib"] >= row["peak_rss_gib_before_annotate"] > 0
+    assert 0 <= row["unknown_share_hidden"] <= 1
+    assert 0 <= row["hidden_macro_f1_unknown_counted_wrong"] <= 1 and 0 <= row["hidden_macro_f1_most_likely"] <= 1
+    with pytest.raises(SystemExit):
+        wall.main(["--data-dir", str(tmp_path), "--datasets", "absent"])
