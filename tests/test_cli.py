@@ -212,3 +212,54 @@ def test_benchmark_help_names_every_scrobust_option():
     sub = parser._subparsers._group_actions[0].choices["benchmark"]
     help_text = next(a.help for a in sub._actions if "--scrobust-options" in a.option_strings)
     assert all(option in help_text for option in SCROBUST_OPTIONS), help_text
+
+
+def test_cli_backed_query_gives_the_same_annotation_and_leaves_the_input_alone(tmp_path):
+    import hashlib
+    import shutil
+    from pathlib import Path
+
+    import numpy as np
+
+    fixtures = Path(__file__).parent / "data"
+    query = tmp_path / "cells.h5ad"
+    shutil.copy(fixtures / "model_v0.1.0_cells.h5ad", query)
+    before = hashlib.sha256(query.read_bytes()).hexdigest()
+    model = str(fixtures / "model_v0.1.0")
+    for flag, name in (([], "in_memory"), (["--backed"], "backed")):
+        assert (
+            main(["predict", "--model", model, "--query", str(query), "--out", str(tmp_path / f"{name}.h5ad"), *flag])
+            == 0
+        )
+        assert main(["embed", str(query), "--model", model, "--out", str(tmp_path / f"{name}_emb.h5ad"), *flag]) == 0
+    assert hashlib.sha256(query.read_bytes()).hexdigest() == before
+    loaded, backed = ad.read_h5ad(tmp_path / "in_memory.h5ad"), ad.read_h5ad(tmp_path / "backed.h5ad")
+    assert (backed.obs["scrobust_label"] == loaded.obs["scrobust_label"]).all()
+    np.testing.assert_allclose(backed.obs["scrobust_novelty"], loaded.obs["scrobust_novelty"], rtol=1e-5)
+    assert (backed.X != loaded.X).nnz == 0  # the whole matrix is copied into the output
+    np.testing.assert_allclose(
+        ad.read_h5ad(tmp_path / "backed_emb.h5ad").obsm["X_scrobust"],
+        ad.read_h5ad(tmp_path / "in_memory_emb.h5ad").obsm["X_scrobust"],
+        rtol=1e-5,
+        atol=1e-6,
+    )
+
+
+def test_cli_backed_refuses_to_write_into_its_input_or_to_pretrain_on_it(tmp_path, capsys):
+    import hashlib
+    import shutil
+    from pathlib import Path
+
+    fixtures = Path(__file__).parent / "data"
+    query = tmp_path / "cells.h5ad"
+    shutil.copy(fixtures / "model_v0.1.0_cells.h5ad", query)
+    before = hashlib.sha256(query.read_bytes()).hexdigest()
+    model = str(fixtures / "model_v0.1.0")
+    assert main(["predict", "--model", model, "--query", str(query), "--out", str(query), "--backed"]) == 2
+    assert "is the --backed input itself" in capsys.readouterr().err
+    assert main(["embed", str(query), "--model", model, "--out", str(query), "--backed"]) == 2
+    assert "is the --backed input itself" in capsys.readouterr().err
+    args = ["annotate", "--reference", str(query), "--labels-key", "cell_type_coarse", "--query", str(query)]
+    assert main([*args, "--out", str(tmp_path / "o.h5ad"), "--pretrain-on-query", "--backed"]) == 2
+    assert "drop --backed" in capsys.readouterr().err
+    assert hashlib.sha256(query.read_bytes()).hexdigest() == before

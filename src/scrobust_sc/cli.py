@@ -13,18 +13,24 @@ from scrobust_sc import __version__
 logger = logging.getLogger("scrobust_sc")
 
 
+BACKED_HELP = (
+    "read the query from disk in chunks (anndata backed='r') instead of loading it: memory follows the "
+    "chunk, not the file; the output .h5ad is a copy of the input file with the annotations added"
+)
+
+
 class CLIError(Exception):
     """A user error reported as one line, exit status 2."""
 
 
-def _read(path: str):
+def _read(path: str, *, backed: bool = False):
     import anndata as ad
 
     p = Path(path)
     if not p.exists():
         raise CLIError(f"input file not found: {path}")
     try:
-        return ad.read_h5ad(p)
+        return ad.read_h5ad(p, backed="r" if backed else None)
     except Exception as err:  # noqa: BLE001 - any reader failure is a bad input file
         raise CLIError(f"cannot read {path} as .h5ad: {err}") from None
 
@@ -45,10 +51,40 @@ def _load_model(path: str, adata=None):
         raise CLIError(str(err)) from None
 
 
+def _check_backed_output(args, source: str, out: str) -> None:
+    """Refuse an output that is the backed input itself: anndata would append to the input file."""
+    if getattr(args, "backed", False) and Path(out).resolve() == Path(source).resolve():
+        raise CLIError(f"--out {out} is the --backed input itself; write the annotated copy to another file")
+
+
+def _write_backed(adata, out: Path) -> None:
+    """Copy a backed input's file byte for byte, then replace its ``obs``, ``obsm`` and ``uns``.
+
+    ``write_h5ad`` of a backed AnnData reads each array of the matrix whole into memory; a
+    file copy and the three annotated elements keep memory to the annotations' size.
+    """
+    import shutil
+
+    import h5py
+    from anndata.io import write_elem
+
+    source = adata.filename
+    adata.file.close()
+    shutil.copyfile(source, out)
+    with h5py.File(out, "r+") as f:
+        for key, value in (("obs", adata.obs), ("obsm", dict(adata.obsm)), ("uns", dict(adata.uns))):
+            if key in f:
+                del f[key]
+            write_elem(f, key, value)
+
+
 def _write(adata, path: str, csv: str | None, key: str = "scrobust") -> None:
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    adata.write_h5ad(out)
+    if adata.isbacked:
+        _write_backed(adata, out)
+    else:
+        adata.write_h5ad(out)
     logger.info("wrote %s", out)
     if csv:
         cols = [c for c in (f"{key}_label", f"{key}_confidence") if c in adata.obs]
@@ -102,7 +138,10 @@ def _cmd_train(args) -> None:
 def _cmd_annotate(args) -> None:
     from scrobust_sc import tl
 
-    query = _read(args.query)
+    if args.backed and getattr(args, "pretrain_on_query", False):
+        raise CLIError("--pretrain-on-query trains on the query, which needs it in memory: drop --backed")
+    _check_backed_output(args, args.query, args.out)
+    query = _read(args.query, backed=args.backed)
     quiet = _quiet_lightning(args.verbose)
     if args.model:
         model = _load_model(args.model)
@@ -141,7 +180,8 @@ def _cmd_annotate(args) -> None:
 def _cmd_embed(args) -> None:
     from scrobust_sc import tl
 
-    adata = _read(args.data)
+    _check_backed_output(args, args.data, args.out)
+    adata = _read(args.data, backed=args.backed)
     model = _load_model(args.model)
     tl.embed(adata, model, n_genes=args.n_genes)
     _write(adata, args.out, None)
@@ -260,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
             )
         p.add_argument("--out", required=True, help="annotated .h5ad to write")
         p.add_argument("--csv", default=None, help="also write labels and confidences as CSV")
+        p.add_argument("--backed", action="store_true", help=BACKED_HELP)
         p.add_argument("--unknown-threshold", type=float, default=None, help="confidence under which a cell is Unknown")
         p.add_argument(
             "--novelty-threshold",
@@ -282,6 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="saved model folder")
     p.add_argument("--out", required=True, help=".h5ad to write")
     p.add_argument("--n-genes", type=int, default=1000)
+    p.add_argument("--backed", action="store_true", help=BACKED_HELP)
     p.set_defaults(func=_cmd_embed)
 
     p = sub.add_parser("benchmark", help="compare scRobust with peers on the same seeded splits")
