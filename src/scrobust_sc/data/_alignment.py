@@ -112,10 +112,10 @@ def reindex_matrix(matrix, position: np.ndarray):
     """
     n_query, n_model = matrix.shape[1], len(position)
     found = np.flatnonzero(position >= 0)
-    selector = sparse.csr_matrix(
-        (np.ones(found.size, dtype=matrix.dtype), (position[found], found)), shape=(n_query, n_model)
-    )
     if sparse.issparse(matrix):
+        selector = sparse.csr_matrix(
+            (np.ones(found.size, dtype=matrix.dtype), (position[found], found)), shape=(n_query, n_model)
+        )
         return sparse.csr_matrix(matrix) @ selector
     check_dense_budget(
         matrix.shape[0],
@@ -124,7 +124,10 @@ def reindex_matrix(matrix, position: np.ndarray):
         what="Reordering a dense query matrix to the model's genes",
         fix="Store the query sparse (`adata.X = scipy.sparse.csr_matrix(adata.X)`): sparse input stays sparse.",
     )
-    return np.asarray(selector.T @ np.asarray(matrix).T).T
+    matrix = np.asarray(matrix)  # its own dtype kept (float16 included, which scipy.sparse lacks)
+    reordered = np.zeros((matrix.shape[0], n_model), dtype=matrix.dtype)
+    reordered[:, found] = matrix[:, position[found]]
+    return reordered
 
 
 def align_to_genes(

@@ -140,3 +140,19 @@ def check_gene_names(names: pd.Index, *, where: str = "adata.var_names") -> None
             f"{where} contains {len(duplicated)} duplicated gene names ({shown}...). Genes are tokens and "
             "must be unique: call `adata.var_names_make_unique()` or aggregate the duplicates first."
         )
+
+
+def check_n_genes(n_genes) -> None:
+    """Refuse a number of input genes per cell that is not a whole number of at least 1.
+
+    Examples
+    --------
+    >>> check_n_genes(800)
+    >>> check_n_genes(0)
+    Traceback (most recent call last):
+    ...
+    ValueError: n_genes must be a whole number of at least 1 (genes per cell), not 0.
+    """
+    whole = isinstance(n_genes, (int, np.integer)) and not isinstance(n_genes, bool)
+    if not whole or n_genes < 1:
+        raise ValueError(f"n_genes must be a whole number of at least 1 (genes per cell), not {n_genes!r}.")

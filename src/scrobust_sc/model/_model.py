@@ -46,7 +46,7 @@ from scrobust_sc.data._ranking import (
     top_genes_mask,
 )
 from scrobust_sc.data._splits import class_weights, stratified_validation_split
-from scrobust_sc.data._validation import check_finite_nonnegative, check_gene_names, detect_input_kind
+from scrobust_sc.data._validation import check_finite_nonnegative, check_gene_names, check_n_genes, detect_input_kind
 from scrobust_sc.model._linear_expert import expert_rows, fit_linear_expert
 from scrobust_sc.model._linear_genes import AUTO_LINEAR_HVGS, MAX_CHOICE_CELLS, choice_rows, choose_linear_genes
 from scrobust_sc.module import SCRobustModule, default_view_size
@@ -868,6 +868,7 @@ class SCRobust(BaseModelClass):
             )
         if gene_selection not in GENE_SELECTIONS:
             raise ValueError(f"gene_selection must be one of {GENE_SELECTIONS}, not {gene_selection!r}.")
+        check_n_genes(n_genes)
         codes = np.asarray(self.adata_manager.get_from_registry(REGISTRY_KEYS.LABELS_KEY)).ravel()
         n_classes = len(self.cell_types_)
         labelled = np.flatnonzero(codes < n_classes)
@@ -1158,6 +1159,7 @@ class SCRobust(BaseModelClass):
         """
         if gene_selection not in GENE_SELECTIONS:
             raise ValueError(f"gene_selection must be one of {GENE_SELECTIONS}, not {gene_selection!r}.")
+        check_n_genes(n_genes)
         self.module.encoder._resolve_layer(layer)
         source = self.adata if adata is None else adata
         n_cells = source.n_obs if indices is None else len(indices)

@@ -31,12 +31,51 @@ DEFAULT_NOVELTY_THRESHOLD = 1.0
 #: Share of "Unknown" calls above which ``annotate`` warns: a query from another platform
 #: or batch than the reference can look novel as a whole (docs/benchmarks.md, "Cross-platform").
 UNKNOWN_SHARE_WARNING = 0.2
+#: The entries of ``uns[key_added]`` that ``annotate`` writes; others (``tl.embed``'s record) are kept.
+ANNOTATION_UNS_KEYS = ("params", "cell_types", "gene_alignment")
 
 
-def _training_view(adata: ad.AnnData, labels_key: str, layer: str | None, modality: str = "rna") -> ad.AnnData:
+#: Labels that are missing values turned into text (``astype(str)`` of NaN or None).
+MISSING_AS_TEXT = ("nan", "NaN", "None", "<NA>")
+
+
+def _warn_about_suspicious_labels(labels: pd.Series, labels_key: str) -> None:
+    """Warn about labels that look like mistakes; they are still taught as given.
+
+    Two types that differ only by surrounding spaces, and missing values turned into text
+    (``"nan"``), each become a cell type of their own.
+    """
+    names = pd.Index(labels.unique()).astype(str)
+    stripped = names.str.strip()
+    per_stripped = pd.Series(stripped).value_counts()
+    padded = [name for name, bare in zip(names, stripped, strict=True) if per_stripped[bare] > 1]
+    if padded:
+        logger.warning(
+            "adata.obs[%r] has types that differ only by surrounding spaces (%s); they are taught as different "
+            "types. Strip them first: adata.obs[%r] = adata.obs[%r].str.strip().",
+            labels_key,
+            ", ".join(repr(n) for n in sorted(set(padded))),
+            labels_key,
+            labels_key,
+        )
+    as_text = [n for n in names if n in MISSING_AS_TEXT]
+    if as_text:
+        logger.warning(
+            "adata.obs[%r] labels %d cells %s, which looks like a missing value turned into text; they are taught "
+            "as a type of that name. Set them to NaN to leave them unlabelled.",
+            labels_key,
+            int(labels.isin(as_text).sum()),
+            " or ".join(repr(n) for n in as_text),
+        )
+
+
+def _training_view(
+    adata: ad.AnnData, labels_key: str, layer: str | None, modality: str = "rna", gene_symbols: str | None = None
+) -> ad.AnnData:
     """A light AnnData sharing ``adata``'s counts, with NaN labels marked unlabelled.
 
-    For ATAC its ``var_names`` are the canonical peak names (``var`` columns are not kept).
+    For ATAC its ``var_names`` are the canonical peak names. Of ``var``'s columns only
+    ``gene_symbols`` is kept (``setup_anndata`` reads the names from it).
     A backed ``adata`` (``read_h5ad(path, backed="r")``) has its matrix read into memory, as
     training needs it: sparse stays sparse, dense is checked against the memory budget.
     """
@@ -48,11 +87,14 @@ def _training_view(adata: ad.AnnData, labels_key: str, layer: str | None, modali
     labels = labels.where(labels.notna(), UNKNOWN_LABEL).astype(str)
     if (labels == UNKNOWN_LABEL).all():
         raise ValueError(f"adata.obs[{labels_key!r}] has no labelled cell (all NaN or {UNKNOWN_LABEL!r}).")
+    _warn_about_suspicious_labels(labels, labels_key)
     obs = pd.DataFrame({labels_key: pd.Categorical(labels)}, index=adata.obs_names.copy())
     matrix = _counts(adata, layer)
     if adata.isbacked:
         matrix = matrix_in_memory(matrix, what="Reading the backed (on-disk) reference matrix into memory for training")
     var = pd.DataFrame(index=peak_names(adata) if modality == "atac" else adata.var_names.copy())
+    if gene_symbols is not None and gene_symbols in adata.var.columns:
+        var[gene_symbols] = adata.var[gene_symbols].to_numpy()
     if layer is None:
         return ad.AnnData(X=matrix, obs=obs, var=var)
     return ad.AnnData(X=None, obs=obs, var=var, layers={layer: matrix})
@@ -65,6 +107,33 @@ def _counts(adata: ad.AnnData, layer: str | None):
     if layer not in adata.layers:
         raise ValueError(f"layer {layer!r} is not in adata.layers (layers: {list(adata.layers.keys())}).")
     return adata.layers[layer]
+
+
+def check_copy_of_backed(adata: ad.AnnData, copy: bool) -> None:
+    """Refuse ``copy=True`` of a backed AnnData before any work: anndata cannot copy one to memory."""
+    if copy and adata.isbacked:
+        raise ValueError(
+            "copy=True cannot copy an AnnData opened with backed='r': annotate it in place (copy=False; only its "
+            "obs, obsm and uns change, in memory, not the file), or load it first with adata.to_memory()."
+        )
+
+
+def _query_in_models_layer(adata: ad.AnnData, model, layer: str | None) -> ad.AnnData:
+    """``adata``, or a light AnnData holding its ``layers[layer]`` where ``model`` reads its counts.
+
+    A saved model reads the layer it was set up with; ``layer=`` names where this query keeps
+    its counts, which may be elsewhere (e.g. ``X`` log-normalised, counts in ``layers["counts"]``).
+    """
+    registered = model.registry_[_SETUP_ARGS_KEY].get("layer")
+    if layer is None or layer == registered:
+        return adata
+    matrix = _counts(adata, layer)
+    return ad.AnnData(
+        X=matrix if registered is None else None,
+        obs=pd.DataFrame(index=adata.obs_names.copy()),
+        var=adata.var.copy(),
+        layers=None if registered is None else {registered: matrix},
+    )
 
 
 def novelty_over_neighbourhoods(model, adata: ad.AnnData, novelty: np.ndarray, n_neighbors: int | None):
@@ -158,7 +227,7 @@ def fit_annotator(
     """
     from scrobust_sc.model import SCRobust
 
-    work = _training_view(reference, labels_key, layer, modality)
+    work = _training_view(reference, labels_key, layer, modality, (setup_kwargs or {}).get("gene_symbols"))
     if unlabelled is not None:
         work = _with_unlabelled(work, unlabelled, labels_key, layer, modality)
     SCRobust.setup_anndata(work, layer=layer, labels_key=labels_key, modality=modality, **(setup_kwargs or {}))
@@ -254,9 +323,11 @@ def annotate(
     model
         A fine-tuned :class:`~scrobust_sc.model.SCRobust`; nothing is trained.
     reference
-        Labelled AnnData to learn from.
+        Labelled AnnData to learn from (not with ``model``).
     layer
-        Layer with the counts, in ``adata`` and ``reference``.
+        Layer with the counts, in ``adata`` and ``reference``. With ``model``, the layer of
+        ``adata`` that holds its counts, whichever layer the model was set up with
+        (``None``: where the model reads them, ``X`` unless it was set up on a layer).
     unknown_threshold
         Confidence under which a cell is ``"Unknown"``; ``None`` never rejects.
     novelty_threshold
@@ -313,7 +384,8 @@ def annotate(
         Other arguments of :meth:`~scrobust_sc.model.SCRobust.setup_anndata` when a model is
         trained, e.g. ``{"atac_values": "tfidf"}``.
     copy
-        Return an annotated copy instead of writing into ``adata``.
+        Return an annotated copy instead of writing into ``adata`` (not for a backed
+        ``adata``, which is annotated in place: its ``obs``, ``obsm`` and ``uns`` are in memory).
 
     Returns
     -------
@@ -341,6 +413,12 @@ def annotate(
         )
     if pretrain_on_query and pretrain_steps == 0:
         raise ValueError("pretrain_on_query needs pre-training: pretrain_steps=0 skips it; leave it at None or > 0.")
+    if model is not None and reference is not None:
+        raise ValueError(
+            "Pass model= or reference=, not both: a given model is not trained again, so the reference would be "
+            "ignored."
+        )
+    check_copy_of_backed(adata, copy)
     if model is not None and modality is not None and modality != model.modality:
         raise ValueError(f"modality={modality!r} but the model was trained on {model.modality!r} data.")
     if model is None:
@@ -364,13 +442,14 @@ def annotate(
             setup_kwargs=setup_kwargs,
         )
         query = model.adata if reference is None else adata
+        counts_of_query = adata
     else:
-        query = adata
+        query = counts_of_query = _query_in_models_layer(adata, model, layer)
     if model.module.classifier is None or not getattr(model, "is_fine_tuned_", False):
         raise ValueError("The model is not fine-tuned for cell types: train it with labels (`model.train`).")
     proba, novelty = model._classify_cells(query, None, 256)
     cell_novelty = None
-    smoothed = novelty_over_neighbourhoods(model, adata, novelty, novelty_neighbors)
+    smoothed = novelty_over_neighbourhoods(model, counts_of_query, novelty, novelty_neighbors)
     if smoothed is not None:
         cell_novelty, novelty = novelty, smoothed
     report = getattr(model, "last_alignment_", None) if query is not model.adata else None
@@ -387,7 +466,10 @@ def annotate(
     )
     if embedding_key is not None:
         target.obsm[embedding_key] = model.get_latent_representation(query)
+    earlier = target.uns.get(key_added)
+    kept = {k: v for k, v in earlier.items() if k not in ANNOTATION_UNS_KEYS} if isinstance(earlier, dict) else {}
     target.uns[key_added] = {
+        **kept,
         "params": {
             "labels_key": labels_key,
             "modality": model.modality,

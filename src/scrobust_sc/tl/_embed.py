@@ -6,6 +6,8 @@ import anndata as ad
 
 from scrobust_sc._constants import EMBEDDING_KEY
 
+from ._annotate import check_copy_of_backed
+
 
 def embed(
     adata: ad.AnnData,
@@ -31,7 +33,7 @@ def embed(
     layer, gene_selection, n_genes, batch_size
         See :meth:`~scrobust_sc.model.SCRobust.get_latent_representation`.
     copy
-        Return a modified copy instead of writing into ``adata``.
+        Return a modified copy instead of writing into ``adata`` (not for a backed ``adata``).
 
     Returns
     -------
@@ -43,6 +45,7 @@ def embed(
     >>> scrobust.tl.embed(adata, model)  # doctest: +SKIP
     >>> sc.pp.neighbors(adata, use_rep="X_scrobust")  # doctest: +SKIP
     """
+    check_copy_of_backed(adata, copy)
     target = adata.copy() if copy else adata
     source = model.adata if adata is model.adata else adata
     z = model.get_latent_representation(

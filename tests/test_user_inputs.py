@@ -1,0 +1,102 @@
+"""Inputs a user plausibly has, found mishandled by an adversarial review (stop 34)."""
+
+import anndata as ad
+import numpy as np
+import pytest
+import scanpy as sc
+
+import scrobust_sc as scrobust
+
+from .conftest import QUIET, TINY
+
+FIT = {"model_kwargs": TINY, "pretrain": False, "train_kwargs": {"max_epochs": 2, "n_genes": 64, **QUIET}}
+
+
+@pytest.fixture
+def counts_model(small_pbmc, seeded):
+    """A TINY model fine-tuned on the counts in ``X``."""
+    return scrobust.tl.fit_annotator(small_pbmc, "cell_type", **FIT)
+
+
+def _log_query_with_counts_layer(adata):
+    query = adata.copy()
+    query.layers["counts"] = query.X.copy()
+    sc.pp.normalize_total(query)
+    sc.pp.log1p(query)
+    return query
+
+
+def test_annotate_with_a_model_reads_the_counts_from_the_given_layer(small_pbmc, counts_model):
+    expected = counts_model.predict_proba(small_pbmc).to_numpy()
+    query = _log_query_with_counts_layer(small_pbmc)
+    x_before = query.X.copy()
+    scrobust.tl.annotate(query, model=counts_model, layer="counts", novelty_threshold=None)
+    np.testing.assert_allclose(query.obsm["scrobust_probabilities"], expected, rtol=1e-5, atol=1e-6)
+    assert (query.X != x_before).nnz == 0 and set(query.layers) == {"counts"}
+    with pytest.raises(ValueError, match="layer 'raw_counts' is not in adata.layers"):
+        scrobust.tl.annotate(query, model=counts_model, layer="raw_counts")
+
+
+def test_fit_annotator_keeps_the_gene_symbols_column(small_pbmc, seeded):
+    reference = small_pbmc.copy()
+    reference.var["symbol"] = reference.var_names.astype(str)
+    reference.var_names = [f"ENSG{i:011d}" for i in range(reference.n_vars)]
+    model = scrobust.tl.fit_annotator(reference, "cell_type", setup_kwargs={"gene_symbols": "symbol"}, **FIT)
+    assert list(model.gene_names_) == list(small_pbmc.var_names)
+
+
+def test_a_float16_query_in_another_gene_order_is_reordered(small_pbmc, counts_model):
+    query = small_pbmc.copy()
+    query.X = query.X.toarray().astype(np.float16)
+    expected = counts_model.predict_proba(query).to_numpy()
+    reordered = query[:, ::-1].copy()
+    np.testing.assert_allclose(counts_model.predict_proba(reordered).to_numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_copy_of_a_backed_anndata_is_refused_before_any_work(small_pbmc, counts_model, tmp_path):
+    small_pbmc.write_h5ad(tmp_path / "q.h5ad")
+    backed = ad.read_h5ad(tmp_path / "q.h5ad", backed="r")
+    with pytest.raises(ValueError, match="copy=True.*backed"):
+        scrobust.tl.annotate(backed, model=counts_model, copy=True)
+    with pytest.raises(ValueError, match="copy=True.*backed"):
+        scrobust.tl.embed(backed, counts_model, copy=True)
+
+
+def test_a_model_and_a_reference_together_are_refused(small_pbmc, counts_model):
+    with pytest.raises(ValueError, match="model= or reference="):
+        scrobust.tl.annotate(small_pbmc, model=counts_model, reference=small_pbmc, labels_key="cell_type")
+
+
+@pytest.mark.parametrize("n_genes", [0, -5])
+def test_embedding_needs_at_least_one_gene_per_cell(small_pbmc, counts_model, n_genes):
+    with pytest.raises(ValueError, match="n_genes must be a whole number of at least 1"):
+        counts_model.get_latent_representation(small_pbmc, n_genes=n_genes)
+
+
+def test_annotate_keeps_the_record_of_an_earlier_embed(small_pbmc, counts_model):
+    query = small_pbmc.copy()
+    scrobust.tl.embed(query, counts_model, n_genes=200)
+    record = dict(query.uns["scrobust"]["embed"])
+    scrobust.tl.annotate(query, model=counts_model)
+    assert query.uns["scrobust"]["embed"] == record
+    assert {"params", "cell_types"} <= set(query.uns["scrobust"])
+
+
+def test_labels_that_look_like_mistakes_are_taught_with_a_warning(small_pbmc, caplog):
+    from scrobust_sc.tl._annotate import _training_view
+
+    adata = small_pbmc.copy()
+    labels = adata.obs["cell_type"].astype(str).to_numpy().copy()
+    first = labels[0]
+    labels[:3] = f" {first} "
+    labels[3:6] = "nan"
+    adata.obs["cell_type"] = labels
+    with caplog.at_level("WARNING", logger="scrobust_sc"):
+        view = _training_view(adata, "cell_type", None)
+    assert f"' {first} '" in caplog.text and "surrounding spaces" in caplog.text
+    assert "'nan'" in caplog.text and "missing value" in caplog.text
+    assert {f" {first} ", "nan"} <= set(view.obs["cell_type"].cat.categories)  # taught as given, not guessed
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="scrobust_sc"):
+        _training_view(small_pbmc, "cell_type", None)
+    assert caplog.text == ""
