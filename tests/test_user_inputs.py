@@ -100,3 +100,16 @@ def test_labels_that_look_like_mistakes_are_taught_with_a_warning(small_pbmc, ca
     with caplog.at_level("WARNING", logger="scrobust_sc"):
         _training_view(small_pbmc, "cell_type", None)
     assert caplog.text == ""
+
+
+def test_a_model_without_a_novelty_reference_says_so_instead_of_scoring_zero(caplog):
+    from pathlib import Path
+
+    fixtures = Path(__file__).parent / "data"
+    model = scrobust.SCRobust.load(fixtures / "model_v0.1.0")  # saved before the novelty references existed
+    query = ad.read_h5ad(fixtures / "model_v0.1.0_cells.h5ad")
+    with caplog.at_level("WARNING", logger="scrobust_sc"):
+        scrobust.tl.annotate(query, model=model)
+    assert "no novelty reference" in caplog.text
+    assert query.obs["scrobust_novelty"].isna().all()  # not a score of 0 that looks like data
+    assert query.obs["scrobust_label"].notna().all() and (query.obs["scrobust_label"] != "Unknown").all()

@@ -325,6 +325,17 @@ class SCRobustModule(BaseModuleClass):
         energy = -torch.logsumexp(logits.detach().float(), dim=1)
         self.reference_energy = torch.stack([energy.median(), torch.quantile(energy, quantile)])
 
+    @property
+    def has_novelty_reference(self) -> bool:
+        """Whether :meth:`novelty` can score anything: an energy or a distance reference is stored.
+
+        Examples
+        --------
+        >>> SCRobustModule(20, 2, d_model=8, n_heads=2, n_view_genes=4).has_novelty_reference
+        False
+        """
+        return self.reference_energy.numel() == 2 or self.reference_embedding.numel() > 0
+
     def energy_novelty(self, logits: torch.Tensor) -> torch.Tensor:
         """Energy (``-logsumexp`` of the logits) rescaled to 0 at the reference median, 1 at its quantile.
 

@@ -449,6 +449,15 @@ def annotate(
         raise ValueError("The model is not fine-tuned for cell types: train it with labels (`model.train`).")
     proba, novelty = model._classify_cells(query, None, 256)
     cell_novelty = None
+    if not model.module.has_novelty_reference:
+        logger.warning(
+            "This model holds no novelty reference (saved by an earlier release, before novelty existed): no cell "
+            "can be called %r for its novelty, and obs[%r] is NaN. Fine-tune it again to score novelty.",
+            UNKNOWN_LABEL,
+            f"{key_added}_novelty",
+        )
+        novelty = np.full(len(novelty), np.nan)
+        novelty_neighbors = None
     smoothed = novelty_over_neighbourhoods(model, counts_of_query, novelty, novelty_neighbors)
     if smoothed is not None:
         cell_novelty, novelty = novelty, smoothed
