@@ -263,3 +263,73 @@ def test_cli_backed_refuses_to_write_into_its_input_or_to_pretrain_on_it(tmp_pat
     assert main([*args, "--out", str(tmp_path / "o.h5ad"), "--pretrain-on-query", "--backed"]) == 2
     assert "drop --backed" in capsys.readouterr().err
     assert hashlib.sha256(query.read_bytes()).hexdigest() == before
+
+
+def test_cli_refuses_bad_outputs_before_any_work(files, capsys, monkeypatch):
+    from pathlib import Path
+
+    import scrobust_sc.tl as tl
+
+    d = files
+    model = str(Path(__file__).parent / "data" / "model_v0.1.0")
+    query = str(Path(__file__).parent / "data" / "model_v0.1.0_cells.h5ad")
+
+    def no_work(*args, **kwargs):  # every refusal below must come before any training or annotation
+        raise AssertionError("work started before the outputs were checked")
+
+    monkeypatch.setattr(tl, "annotate", no_work)
+    monkeypatch.setattr(tl, "fit_annotator", no_work)
+    monkeypatch.setattr(tl, "embed", no_work)
+    (d / "folder").mkdir()
+    cases = [
+        (["predict", "--model", model, "--query", query, "--out", str(d / "folder")], "is a folder"),
+        (["embed", query, "--model", model, "--out", str(d / "folder")], "is a folder"),
+        (
+            ["predict", "--model", model, "--query", query, "--out", str(d / "o.h5ad"), "--csv", str(d / "folder")],
+            "is a folder",
+        ),
+        (
+            [
+                "annotate",
+                "--model",
+                model,
+                "--reference",
+                query,
+                "--labels-key",
+                "cell_type_coarse",
+                "--query",
+                query,
+                "--out",
+                str(d / "o.h5ad"),
+            ],
+            "not both",
+        ),
+        (["train", "--reference", query, "--labels-key", "cell_type_coarse", "--out", model], "--overwrite"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        assert message in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_cli_creates_the_csv_folder_and_reads_the_query_layer(tmp_path):
+    from pathlib import Path
+
+    import numpy as np
+    import scanpy as sc
+
+    fixtures = Path(__file__).parent / "data"
+    model = str(fixtures / "model_v0.1.0")
+    cells = ad.read_h5ad(fixtures / "model_v0.1.0_cells.h5ad")
+    cells.layers["counts"] = cells.X.copy()
+    sc.pp.normalize_total(cells)
+    sc.pp.log1p(cells)
+    cells.write_h5ad(tmp_path / "log.h5ad")
+    out, csv = tmp_path / "a.h5ad", tmp_path / "new" / "labels.csv"
+    argv = ["predict", "--model", model, "--query", str(tmp_path / "log.h5ad"), "--out", str(out), "--csv", str(csv)]
+    assert main([*argv, "--layer", "counts"]) == 0
+    assert len(pd.read_csv(csv, index_col=0)) == cells.n_obs
+    expected = scrobust.SCRobust.load(model).predict_proba(ad.read_h5ad(fixtures / "model_v0.1.0_cells.h5ad"))
+    np.testing.assert_allclose(
+        ad.read_h5ad(out).obsm["scrobust_probabilities"], expected.to_numpy(), rtol=1e-5, atol=1e-6
+    )
+    assert main([*argv, "--layer", "missing"]) == 2

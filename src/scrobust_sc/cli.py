@@ -14,8 +14,8 @@ logger = logging.getLogger("scrobust_sc")
 
 
 BACKED_HELP = (
-    "read the query from disk in chunks (anndata backed='r') instead of loading it: memory follows the "
-    "chunk, not the file; the output .h5ad is a copy of the input file with the annotations added"
+    "read the query from disk in chunks (anndata backed='r') instead of loading it: its matrix is never "
+    "held whole; the output .h5ad is a copy of the input file with the annotations added"
 )
 
 
@@ -49,6 +49,23 @@ def _load_model(path: str, adata=None):
         return SCRobust.load(path, adata=adata)
     except (FileNotFoundError, ValueError) as err:
         raise CLIError(str(err)) from None
+
+
+def _check_outputs(args, source: str) -> None:
+    """Refuse outputs that cannot be written, before any work: a folder given as a file, the backed input."""
+    for flag, path in (("--out", args.out), ("--csv", getattr(args, "csv", None))):
+        if path is not None and Path(path).is_dir():
+            raise CLIError(f"{flag} {path} is a folder; give the file to write")
+    _check_backed_output(args, source, args.out)
+
+
+def _check_model_folder(args) -> None:
+    """Refuse to train when ``--out`` already holds a model and ``--overwrite`` is not given."""
+    from scrobust_sc.model._io import META_FILE, WEIGHTS_FILE
+
+    out = Path(args.out)
+    if not args.overwrite and ((out / META_FILE).exists() or (out / WEIGHTS_FILE).exists()):
+        raise CLIError(f"a model is already saved in {out}; pass --overwrite to replace it")
 
 
 def _check_backed_output(args, source: str, out: str) -> None:
@@ -87,6 +104,7 @@ def _write(adata, path: str, csv: str | None, key: str = "scrobust") -> None:
         adata.write_h5ad(out)
     logger.info("wrote %s", out)
     if csv:
+        Path(csv).parent.mkdir(parents=True, exist_ok=True)
         cols = [c for c in (f"{key}_label", f"{key}_confidence") if c in adata.obs]
         adata.obs[cols].to_csv(csv)
         logger.info("wrote %s", csv)
@@ -100,6 +118,7 @@ def _setup(args) -> dict:
 def _cmd_pretrain(args) -> None:
     from scrobust_sc.model import SCRobust
 
+    _check_model_folder(args)
     adata = _read(args.data)
     setup = _setup(args)
     SCRobust.setup_anndata(
@@ -114,6 +133,7 @@ def _cmd_pretrain(args) -> None:
 def _cmd_train(args) -> None:
     from scrobust_sc.tl import fit_annotator
 
+    _check_model_folder(args)
     adata = _read(args.reference)
     if args.labels_key not in adata.obs.columns:
         raise CLIError(
@@ -140,7 +160,9 @@ def _cmd_annotate(args) -> None:
 
     if args.backed and getattr(args, "pretrain_on_query", False):
         raise CLIError("--pretrain-on-query trains on the query, which needs it in memory: drop --backed")
-    _check_backed_output(args, args.query, args.out)
+    if args.model and args.reference:
+        raise CLIError("give --model or --reference, not both: a saved model is not trained again")
+    _check_outputs(args, args.query)
     query = _read(args.query, backed=args.backed)
     quiet = _quiet_lightning(args.verbose)
     if args.model:
@@ -148,6 +170,7 @@ def _cmd_annotate(args) -> None:
         tl.annotate(
             query,
             model=model,
+            layer=args.layer,
             unknown_threshold=args.unknown_threshold,
             novelty_threshold=args.novelty_threshold,
             novelty_neighbors=args.novelty_neighbors or None,
@@ -180,7 +203,7 @@ def _cmd_annotate(args) -> None:
 def _cmd_embed(args) -> None:
     from scrobust_sc import tl
 
-    _check_backed_output(args, args.data, args.out)
+    _check_outputs(args, args.data)
     adata = _read(args.data, backed=args.backed)
     model = _load_model(args.model)
     tl.embed(adata, model, n_genes=args.n_genes)
