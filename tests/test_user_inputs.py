@@ -113,3 +113,13 @@ def test_a_model_without_a_novelty_reference_says_so_instead_of_scoring_zero(cap
     assert "no novelty reference" in caplog.text
     assert query.obs["scrobust_novelty"].isna().all()  # not a score of 0 that looks like data
     assert query.obs["scrobust_label"].notna().all() and (query.obs["scrobust_label"] != "Unknown").all()
+
+
+def test_numeric_labels_come_back_as_their_text(small_pbmc, seeded):
+    adata = small_pbmc.copy()
+    codes = adata.obs["cell_type"].astype("category").cat.codes.to_numpy()
+    adata.obs["type_id"] = codes.astype(np.int64)
+    fit = {k: v for k, v in FIT.items() if k != "pretrain"}
+    scrobust.tl.annotate(adata, labels_key="type_id", pretrain_steps=0, novelty_threshold=None, **fit)
+    assert set(adata.obs["scrobust_label"].cat.categories) - {"Unknown"} <= {str(c) for c in np.unique(codes)}
+    assert adata.obs["type_id"].dtype == np.int64  # the user's column is left as it was

@@ -305,8 +305,10 @@ def annotate(
       ``adata``, whose genes are matched by name.
     * ``model``: a trained model (e.g. ``SCRobust.load(...)``) annotates ``adata``.
 
-    Writes ``obs[f"{key_added}_label"]`` (categorical; ``"Unknown"`` where the confidence
-    is below ``unknown_threshold`` or the novelty above ``novelty_threshold``),
+    Writes ``obs[f"{key_added}_label"]`` (categorical of text, so numeric or boolean labels
+    come back as ``"3"`` or ``"True"``: compare with ``obs[labels_key].astype(str)``;
+    ``"Unknown"`` where the confidence is below ``unknown_threshold`` or the novelty above
+    ``novelty_threshold``),
     ``obs[f"{key_added}_novelty"]`` (the novelty the threshold reads),
     ``obs[f"{key_added}_cell_novelty"]`` (each cell's own, when ``novelty_neighbors`` is
     used), ``obs[f"{key_added}_confidence"]`` (largest class
