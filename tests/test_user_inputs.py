@@ -123,3 +123,95 @@ def test_numeric_labels_come_back_as_their_text(small_pbmc, seeded):
     scrobust.tl.annotate(adata, labels_key="type_id", pretrain_steps=0, novelty_threshold=None, **fit)
     assert set(adata.obs["scrobust_label"].cat.categories) - {"Unknown"} <= {str(c) for c in np.unique(codes)}
     assert adata.obs["type_id"].dtype == np.int64  # the user's column is left as it was
+
+
+# Found by the second review (stop 34): the model class, markers, plots, GMT files.
+
+
+def test_a_boolean_mask_as_indices_embeds_exactly_the_masked_cells(small_pbmc, counts_model):
+    mask = (small_pbmc.obs["cell_type"] == small_pbmc.obs["cell_type"].iloc[0]).to_numpy()
+    positions = np.flatnonzero(mask)
+    by_mask = counts_model.get_latent_representation(small_pbmc, indices=mask)
+    by_position = counts_model.get_latent_representation(small_pbmc, indices=positions)
+    assert by_mask.shape == (positions.size, by_position.shape[1])
+    np.testing.assert_allclose(by_mask, by_position, rtol=1e-6)
+    with pytest.raises(ValueError, match="boolean mask of 3 entries for 200 cells"):
+        counts_model.get_latent_representation(small_pbmc, indices=np.ones(3, dtype=bool))
+
+
+def test_an_interrupted_overwrite_after_the_weights_are_written_keeps_the_previous_model(
+    small_pbmc, counts_model, tmp_path, monkeypatch
+):
+    from scrobust_sc.model import _io
+
+    counts_model.save(tmp_path / "m")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "m").iterdir()}
+    other = scrobust.tl.fit_annotator(small_pbmc[:120].copy(), "cell_type", **FIT)
+
+    def interrupted(path):  # Ctrl-C while the new weights' checksum is computed
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_io, "_sha256", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        other.save(tmp_path / "m", overwrite=True)
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in (tmp_path / "m").iterdir()} == before
+    scrobust.SCRobust.load(tmp_path / "m")
+
+
+def test_attention_groups_given_as_a_series_follow_its_index(small_pbmc, counts_model):
+    groups = small_pbmc.obs["cell_type"]
+    shuffled = groups.sample(frac=1, random_state=0)  # same label for every cell, other order
+    expected = counts_model.get_attention(small_pbmc, groups=groups)
+    pd_testing = pytest.importorskip("pandas.testing")
+    pd_testing.assert_frame_equal(counts_model.get_attention(small_pbmc, groups=shuffled), expected)
+
+
+def test_marker_heatmap_leaves_out_cells_without_a_group(small_pbmc, counts_model):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    adata = small_pbmc.copy()
+    adata.obs["group"] = adata.obs["cell_type"].astype(object)
+    adata.obs.loc[adata.obs_names[:20], "group"] = np.nan
+    scrobust.tl.marker_genes(adata, counts_model, groupby="group", n_genes=3)
+    scrobust.pl.attention_markers(adata, kind="heatmap")
+
+
+def test_markers_need_two_groups(small_pbmc, counts_model):
+    adata = small_pbmc.copy()
+    adata.obs["one"] = "all"
+    with pytest.raises(ValueError, match="at least 2 groups"):
+        scrobust.tl.marker_genes(adata, counts_model, groupby="one", n_genes=3)
+
+
+def test_a_gmt_file_with_a_byte_order_mark_reads_clean_names(tmp_path):
+    path = tmp_path / "sets.gmt"
+    path.write_text("\ufeffbeta\tdesc\tINS\tIAPP\nalpha\tdesc\tGCG\n", encoding="utf-8")
+    assert list(scrobust.data.read_gmt(path)) == ["beta", "alpha"]
+
+
+def test_peak_coordinates_stored_as_text_are_compared_as_numbers():
+    import pandas as pd
+
+    var = pd.DataFrame({"chrom": ["chr1", "chr2"], "start": ["900", "20"], "end": ["1000", "25"]}, index=["p1", "p2"])
+    names = scrobust.data.peak_names(ad.AnnData(np.ones((1, 2)), var=var))
+    assert list(names) == ["chr1:900-1000", "chr2:20-25"]
+    var["start"] = ["9a", "20"]
+    with pytest.raises(ValueError, match="not whole numbers"):
+        scrobust.data.peak_names(ad.AnnData(np.ones((1, 2)), var=var))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"batch_size": 0}, "batch_size must be a whole number of at least 2"),
+        ({"max_steps": -5}, "max_steps must be a whole number of at least 0"),
+        ({"validation_size": 1.5}, "validation_size must be in"),
+    ],
+)
+def test_bad_pretraining_arguments_are_named(small_pbmc, kwargs, message):
+    scrobust.SCRobust.setup_anndata(small_pbmc)
+    model = scrobust.SCRobust(small_pbmc, **TINY)
+    with pytest.raises(ValueError, match=message):
+        model.pretrain(knn_monitor=False, **kwargs, **QUIET)

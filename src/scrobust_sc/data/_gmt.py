@@ -37,7 +37,7 @@ def read_gmt(path: str | PathLike) -> dict[str, list[str]]:
     """
     path = Path(path)
     gene_sets: dict[str, list[str]] = {}
-    with path.open(encoding="utf-8") as handle:
+    with path.open(encoding="utf-8-sig") as handle:
         for line_number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue

@@ -62,6 +62,18 @@ def parse_peak_names(names) -> pd.DataFrame:
     return out
 
 
+def _whole_positions(values: pd.Series, column: str) -> np.ndarray:
+    """A ``var`` column of peak positions as integers (text such as ``"900"`` included), or a clear error."""
+    numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
+    wrong = ~np.isfinite(numbers) | (numbers != np.round(numbers))
+    if wrong.any():
+        raise ValueError(
+            f"adata.var[{column!r}] holds {int(wrong.sum())} positions that are not whole numbers "
+            f"(e.g. {list(values[wrong][:3])}): peak positions are base pairs."
+        )
+    return numbers.astype(np.int64)
+
+
 def _check_coordinates(coords: pd.DataFrame) -> None:
     wrong = coords["start"].to_numpy() > coords["end"].to_numpy()
     if wrong.any():
@@ -132,6 +144,7 @@ def peak_names(adata: ad.AnnData, gene_symbols: str | None = None) -> pd.Index:
             raise ValueError(
                 f"adata.var columns {columns} hold missing values: every peak needs coordinates."
             ) from None
+        start, end = _whole_positions(start, columns[1]), _whole_positions(end, columns[2])
         coords = pd.DataFrame({"chrom": chrom.astype(str).to_numpy(), "start": start, "end": end})
         coords.index = format_peak_names(coords["chrom"], coords["start"], coords["end"])
         _check_coordinates(coords)

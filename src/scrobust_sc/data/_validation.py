@@ -156,3 +156,19 @@ def check_n_genes(n_genes) -> None:
     whole = isinstance(n_genes, (int, np.integer)) and not isinstance(n_genes, bool)
     if not whole or n_genes < 1:
         raise ValueError(f"n_genes must be a whole number of at least 1 (genes per cell), not {n_genes!r}.")
+
+
+def check_whole_number(value, name: str, minimum: int) -> None:
+    """Refuse ``value`` unless it is a whole number of at least ``minimum``, naming the argument.
+
+    Examples
+    --------
+    >>> check_whole_number(64, "batch_size", 2)
+    >>> check_whole_number(0, "batch_size", 2)
+    Traceback (most recent call last):
+    ...
+    ValueError: batch_size must be a whole number of at least 2, not 0.
+    """
+    whole = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+    if not whole or value < minimum:
+        raise ValueError(f"{name} must be a whole number of at least {minimum}, not {value!r}.")

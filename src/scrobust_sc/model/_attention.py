@@ -15,11 +15,22 @@ from scrobust_sc.data._memory import check_dense_budget
 from scrobust_sc.data._validation import check_n_genes
 
 
-def _group_codes(groups, n_cells: int) -> tuple[np.ndarray, pd.Index]:
-    """Integer code per cell (``-1``: no group) and the group names, empty groups dropped."""
+def _group_codes(groups, n_cells: int, obs_names: pd.Index | None = None) -> tuple[np.ndarray, pd.Index]:
+    """Integer code per cell (``-1``: no group) and the group names, empty groups dropped.
+
+    A :class:`pandas.Series` indexed by the cells' names (in any order) is aligned to
+    ``obs_names``; any other sequence is read by position.
+    """
+    if len(groups) != n_cells:
+        raise ValueError(f"groups has {len(groups)} entries for {n_cells} cells: give one label per cell.")
+    if isinstance(groups, pd.Series) and obs_names is not None and not groups.index.equals(obs_names):
+        if groups.index.is_unique and obs_names.is_unique and set(groups.index) == set(obs_names):
+            groups = groups.reindex(obs_names)
+        elif not isinstance(groups.index, pd.RangeIndex):
+            raise ValueError(
+                "groups is a Series whose index is not the cells' names: index it by obs_names, or pass its values."
+            )
     values = groups.values if isinstance(groups, pd.Series) else groups
-    if len(values) != n_cells:
-        raise ValueError(f"groups has {len(values)} entries for {n_cells} cells: give one label per cell.")
     categorical = values if isinstance(values, pd.Categorical) else pd.Categorical(values)
     codes = np.asarray(categorical.codes, dtype=np.int64)
     sizes = np.bincount(codes[codes >= 0], minlength=len(categorical.categories))
@@ -66,7 +77,8 @@ def gene_attention(
     batch_size
         Cells per mini-batch.
     groups
-        One label per cell (e.g. ``adata.obs["cell_type"]``). When given, the mean
+        One label per cell (e.g. ``adata.obs["cell_type"]``; a Series indexed by the
+        cells' names is aligned by name, anything else read by position). When given, the mean
         attention per group is returned instead of the per-cell matrix; cells with a
         missing label are left out and groups without cells are dropped.
 
@@ -91,11 +103,12 @@ def gene_attention(
     module = model.module
     module.encoder._resolve_layer(layer)
     n_model_genes = len(model.gene_names_)
-    n_cells = (model.adata if adata is None else adata).n_obs
+    cells = model.adata if adata is None else adata
+    n_cells = cells.n_obs
 
     codes = group_names = sums = None
     if groups is not None:
-        codes, group_names = _group_codes(groups, n_cells)
+        codes, group_names = _group_codes(groups, n_cells, cells.obs_names)
         dtype = torch.float32 if model.device.type == "mps" else torch.float64
         check_dense_budget(
             len(group_names),

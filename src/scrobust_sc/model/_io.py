@@ -60,7 +60,8 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _atomic_write(target: Path, write) -> None:
+def _staged_file(target: Path, write) -> Path:
+    """``write`` into a temporary file beside ``target`` (removed if anything fails); its path."""
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     try:
@@ -68,22 +69,40 @@ def _atomic_write(target: Path, write) -> None:
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes owner-only files
-        os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return Path(tmp)
 
 
 def save_model_files(model, dir_path: Path, *, overwrite: bool = False) -> None:
-    """Write ``model.safetensors`` then ``model.json`` (the commit point) into ``dir_path``."""
-    from scrobust_sc import __version__
+    """Write ``model.safetensors`` and ``model.json`` into ``dir_path``, renamed into place last.
 
+    Only an interruption in the instant between the two renames leaves new weights beside the
+    old ``model.json``; loading then refuses them (checksum), it never loads a mix.
+    """
     meta_path, weights_path = dir_path / META_FILE, dir_path / WEIGHTS_FILE
     if (meta_path.exists() or weights_path.exists()) and not overwrite:
         raise FileExistsError(f"A model is already saved in {dir_path}; pass overwrite=True to replace it.")
     dir_path.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.module.state_dict().items()}
-    _atomic_write(weights_path, lambda tmp: save_file(state, tmp))
+    # Both files are written and checksummed beside the old ones first, then renamed into place:
+    # an interruption before the renames leaves the previous model whole.
+    staged_weights = _staged_file(weights_path, lambda tmp: save_file(state, tmp))
+    try:
+        meta_text = json.dumps(_metadata(model, _sha256(staged_weights)), indent=1)
+        staged_meta = _staged_file(meta_path, lambda tmp: Path(tmp).write_text(meta_text))
+    except BaseException:
+        staged_weights.unlink(missing_ok=True)
+        raise
+    os.replace(staged_weights, weights_path)
+    os.replace(staged_meta, meta_path)
+
+
+def _metadata(model, weights_sha256: str) -> dict:
+    """The ``model.json`` of ``model``, whose weights file has checksum ``weights_sha256``."""
+    from scrobust_sc import __version__
+
     attributes = {
         "cell_types_": list(model.cell_types_),
         "train_params_": model.train_params_,
@@ -91,7 +110,7 @@ def save_model_files(model, dir_path: Path, *, overwrite: bool = False) -> None:
         "is_pretrained_": bool(getattr(model, "is_pretrained_", False)),
         "is_fine_tuned_": bool(getattr(model, "is_fine_tuned_", False)),
     }
-    meta = {
+    return {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         "package_version": __version__,
@@ -101,10 +120,8 @@ def save_model_files(model, dir_path: Path, *, overwrite: bool = False) -> None:
         "registry": _encode(model.registry_),
         "attributes": _encode(attributes),
         "history": history_to_json(model.history_),
-        "weights_sha256": _sha256(weights_path),
+        "weights_sha256": weights_sha256,
     }
-    text = json.dumps(meta, indent=1)
-    _atomic_write(meta_path, lambda tmp: Path(tmp).write_text(text))
 
 
 def load_model_files(dir_path: Path, *, expected_class: str) -> tuple[dict, dict[str, torch.Tensor]]:

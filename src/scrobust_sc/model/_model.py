@@ -46,7 +46,13 @@ from scrobust_sc.data._ranking import (
     top_genes_mask,
 )
 from scrobust_sc.data._splits import class_weights, stratified_validation_split
-from scrobust_sc.data._validation import check_finite_nonnegative, check_gene_names, check_n_genes, detect_input_kind
+from scrobust_sc.data._validation import (
+    check_finite_nonnegative,
+    check_gene_names,
+    check_n_genes,
+    check_whole_number,
+    detect_input_kind,
+)
 from scrobust_sc.model._linear_expert import expert_rows, fit_linear_expert
 from scrobust_sc.model._linear_genes import AUTO_LINEAR_HVGS, MAX_CHOICE_CELLS, choice_rows, choose_linear_genes
 from scrobust_sc.module import SCRobustModule, default_view_size
@@ -82,6 +88,30 @@ MIN_FINETUNE_STEPS = 500
 BACKED_CHUNK_CELLS = 8192
 #: Fewest validation cells the energy novelty is calibrated on; with fewer, it is left out.
 MIN_ENERGY_CELLS = 20
+
+
+def cell_positions(indices, n_cells: int) -> np.ndarray | None:
+    """``indices`` as integer positions: a boolean mask of ``n_cells`` entries becomes its ``True`` positions.
+
+    Examples
+    --------
+    >>> cell_positions(np.array([True, False, True]), 3).tolist()
+    [0, 2]
+    >>> cell_positions([2, 0], 3).tolist()
+    [2, 0]
+    """
+    if indices is None:
+        return None
+    array = np.asarray(indices).ravel()
+    if array.dtype == bool:
+        if array.size != n_cells:
+            raise ValueError(f"indices is a boolean mask of {array.size} entries for {n_cells} cells.")
+        return np.flatnonzero(array)
+    if array.size == 0:
+        return array.astype(np.int64)
+    if not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(f"indices must be cell positions (integers) or a boolean mask, not dtype {array.dtype}.")
+    return array
 
 
 def _resolve_keep_best(keep_best, train_codes: np.ndarray, val_codes: np.ndarray, cell_types) -> bool:
@@ -659,6 +689,7 @@ class SCRobust(BaseModelClass):
         return KNNMonitor(lambda: self.get_latent_representation(indices=cells), codes[cells])
 
     def _batch_size_for(self, n_cells: int, batch_size: int, minimum: int = 2) -> int:
+        check_whole_number(batch_size, "batch_size", minimum)
         if n_cells < minimum:
             raise ValueError(f"Training needs at least {minimum} cells, got {n_cells}.")
         if batch_size > n_cells:
@@ -736,12 +767,18 @@ class SCRobust(BaseModelClass):
         >>> model.pretrain(max_steps=500, checkpoint_dir="ckpt/", resume=True)  # doctest: +SKIP
         >>> model.history["contrastive_loss_train"].tail()  # doctest: +SKIP
         """
+        for name, value in (("max_steps", max_steps), ("max_epochs", max_epochs)):
+            if value is not None:
+                check_whole_number(value, name, 0)
+        if not 0 <= validation_size < 1:
+            raise ValueError(f"validation_size must be in [0, 1) (a share of the cells), not {validation_size!r}.")
         n_cells = self.adata.n_obs
         n_train = n_cells - (math.ceil(validation_size * n_cells) if validation_size else 0)
         batch_size = self._batch_size_for(n_train, batch_size)
         steps_per_epoch = max(n_train // batch_size, 1)
         if max_epochs is None:
-            max_epochs = math.ceil((max_steps or DEFAULT_PRETRAIN_STEPS) / steps_per_epoch)
+            steps = DEFAULT_PRETRAIN_STEPS if max_steps is None else max_steps
+            max_epochs = math.ceil(steps / steps_per_epoch)
         if max_steps is not None:
             trainer_kwargs["max_steps"] = max_steps
         plan = PretrainingPlan(self.module, lr=lr, **(plan_kwargs or {}))
@@ -1162,6 +1199,7 @@ class SCRobust(BaseModelClass):
         check_n_genes(n_genes)
         self.module.encoder._resolve_layer(layer)
         source = self.adata if adata is None else adata
+        indices = cell_positions(indices, source.n_obs)
         n_cells = source.n_obs if indices is None else len(indices)
         out: np.ndarray | None = None  # filled batch by batch: no per-batch tensors kept, no copy at the end
         start = 0
@@ -1179,6 +1217,7 @@ class SCRobust(BaseModelClass):
     def _classify_cells(self, adata, indices, batch_size: int) -> tuple[pd.DataFrame, np.ndarray]:
         if self.module.classifier is None:
             raise ValueError("This model has no classifier: fine-tune it with labels first (`model.train`).")
+        indices = cell_positions(indices, (adata if adata is not None else self.adata).n_obs)
         probs, novelty = [], []
         for t in self._batches(adata, indices, batch_size):
             logits, z = self._classify_batch(t)

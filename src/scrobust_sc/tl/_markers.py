@@ -161,8 +161,14 @@ def marker_genes(
     """
     if groupby not in adata.obs.columns:
         raise ValueError(f"groupby={groupby!r} is not a column of adata.obs (columns: {list(adata.obs.columns)}).")
-    if n_genes is not None and n_genes < 1:
-        raise ValueError(f"n_genes must be at least 1, got {n_genes}.")
+    if n_genes is not None and (not isinstance(n_genes, (int, np.integer)) or n_genes < 1):
+        raise ValueError(f"n_genes must be a whole number of at least 1 (or None), got {n_genes!r}.")
+    present = adata.obs[groupby].dropna().unique()
+    if len(present) < 2:
+        raise ValueError(
+            f"marker_genes compares each group with the rest: groupby={groupby!r} needs at least 2 groups, "
+            f"it holds {len(present)} ({[str(g) for g in present]})."
+        )
     mapping = _model_to_var_names(adata, model)
     if getattr(model.module, "gene_linear", None) is not None:
         logger.info(
