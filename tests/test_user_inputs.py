@@ -215,3 +215,14 @@ def test_bad_pretraining_arguments_are_named(small_pbmc, kwargs, message):
     model = scrobust.SCRobust(small_pbmc, **TINY)
     with pytest.raises(ValueError, match=message):
         model.pretrain(knn_monitor=False, **kwargs, **QUIET)
+
+
+def test_duplicated_peaks_get_a_fix_that_works_for_peaks():
+    import pandas as pd
+
+    peaks = ad.AnnData(
+        np.ones((3, 3), dtype=np.float32), var=pd.DataFrame(index=["chr1:10-15", "chr1:10-15", "chr2:1-9"])
+    )
+    with pytest.raises(ValueError, match="duplicated peaks") as refused:
+        scrobust.SCRobust.setup_anndata(peaks, modality="atac")
+    assert "var_names_make_unique" not in str(refused.value)  # its "-1" suffix breaks a peak's name

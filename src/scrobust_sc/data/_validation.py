@@ -123,8 +123,8 @@ def detect_input_kind(matrix, *, is_log_normalized: bool | None = None, where: s
     return False
 
 
-def check_gene_names(names: pd.Index, *, where: str = "adata.var_names") -> None:
-    """Raise ``ValueError`` for duplicated or missing gene names.
+def check_gene_names(names: pd.Index, *, where: str = "adata.var_names", peaks: bool = False) -> None:
+    """Raise ``ValueError`` for duplicated or missing gene (or, with ``peaks``, peak) names.
 
     Examples
     --------
@@ -134,6 +134,13 @@ def check_gene_names(names: pd.Index, *, where: str = "adata.var_names") -> None
     if names.isna().any():
         raise ValueError(f"{where} contains missing gene names. Give every gene a name.")
     duplicated = names[names.duplicated()].unique()
+    if len(duplicated) and peaks:
+        shown = ", ".join(map(str, duplicated[:5]))
+        raise ValueError(
+            f"{where} contain {len(duplicated)} duplicated peaks ({shown}...). Peaks are tokens and must be "
+            "unique: sum the duplicates' counts, or keep one of each (`adata = adata[:, "
+            "~adata.var_names.duplicated()].copy()`; renaming them would break their chr:start-end names)."
+        )
     if len(duplicated):
         shown = ", ".join(map(str, duplicated[:5]))
         raise ValueError(

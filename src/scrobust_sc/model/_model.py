@@ -487,7 +487,7 @@ class SCRobust(BaseModelClass):
                 raise ValueError("is_log_normalized=True does not apply to scATAC: pass peak counts or 0/1.")
             check_atac_values(matrix, where=where)
             resolved = False
-            check_gene_names(peak_names(adata, gene_symbols), where="the peak names")
+            check_gene_names(peak_names(adata, gene_symbols), where="the peak names", peaks=True)
         else:
             resolved = detect_input_kind(matrix, is_log_normalized=is_log_normalized, where=where)
             check_gene_names(query_gene_names(adata, gene_symbols))
