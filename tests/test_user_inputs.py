@@ -226,3 +226,18 @@ def test_duplicated_peaks_get_a_fix_that_works_for_peaks():
     with pytest.raises(ValueError, match="duplicated peaks") as refused:
         scrobust.SCRobust.setup_anndata(peaks, modality="atac")
     assert "var_names_make_unique" not in str(refused.value)  # its "-1" suffix breaks a peak's name
+
+
+def test_a_model_loaded_onto_labelled_cells_keeps_their_labels_and_trains_further(small_pbmc, counts_model, tmp_path):
+    counts_model.save(tmp_path / "m")
+    cells = small_pbmc.copy()
+    cells.obs["cell_type"] = cells.obs["cell_type"].astype(object)
+    cells.obs.iloc[:10, cells.obs.columns.get_loc("cell_type")] = np.nan  # unlabelled cells stay unlabelled
+    loaded = scrobust.SCRobust.load(tmp_path / "m", adata=cells)
+    kept = loaded.adata.obs["cell_type"].astype(str).to_numpy()
+    assert (kept[10:] == small_pbmc.obs["cell_type"].astype(str).to_numpy()[10:]).all()
+    assert (kept[:10] == "Unknown").all()
+    loaded.train(max_epochs=1, n_genes=64, **QUIET)
+    query = small_pbmc.copy()
+    query.obs["cell_type"] = "a type the model never saw"  # a query's own labels are never read
+    assert counts_model.predict(query).shape == (query.n_obs,)

@@ -526,15 +526,20 @@ class SCRobust(BaseModelClass):
         """``"rna"`` or ``"atac"``, as registered (models saved before scATAC support: ``"rna"``)."""
         return self._setup_args.get("modality") or "rna"
 
-    def _validate_anndata(self, adata: ad.AnnData | None = None, copy_if_view: bool = True) -> ad.AnnData:
-        """Return an AnnData aligned to the model's genes and registered with its set-up."""
+    def _validate_anndata(
+        self, adata: ad.AnnData | None = None, copy_if_view: bool = True, *, keep_labels: bool = False
+    ) -> ad.AnnData:
+        """Return an AnnData aligned to the model's genes and registered with its set-up.
+
+        ``keep_labels``: keep ``adata``'s labels of the model's types (see :meth:`align_query`).
+        """
         if adata is None:
             if self.adata is None:
                 raise ValueError("This model has no AnnData attached (it was loaded without one): pass `adata=`.")
             return super()._validate_anndata(None, copy_if_view)
         if adata is self.adata or self._is_aligned(adata):
             return super()._validate_anndata(adata, copy_if_view)
-        aligned, report = self.align_query(adata)
+        aligned, report = self.align_query(adata, keep_labels=keep_labels)
         self.last_alignment_ = report.as_dict()
         return super()._validate_anndata(aligned, copy_if_view)
 
@@ -542,12 +547,14 @@ class SCRobust(BaseModelClass):
         """Whether ``adata`` was made by :meth:`align_query` for this model's genes."""
         return "scrobust_alignment" in adata.uns and adata.var_names.equals(pd.Index(self.gene_names_))
 
-    def align_query(self, adata: ad.AnnData, gene_symbols: str | None = None):
+    def align_query(self, adata: ad.AnnData, gene_symbols: str | None = None, *, keep_labels: bool = False):
         """A new AnnData with ``adata``'s cells over the model's genes, plus a report.
 
         Genes are matched by name (``var_names``, or the ``var`` column ``gene_symbols``,
         defaulting to the one used at set-up), reordered, and missing genes count as not
-        expressed. The user's AnnData is not modified.
+        expressed. The user's AnnData is not modified. Its cells are unlabelled, unless
+        ``keep_labels`` (as :meth:`load` does with ``adata=``, to train further): then the
+        labels of the model's cell types are kept, and others are unlabelled.
 
         Examples
         --------
@@ -578,13 +585,34 @@ class SCRobust(BaseModelClass):
             aligned.var[self._setup_args["gene_symbols"]] = aligned.var_names
         labels_key = self._setup_args.get("labels_key")
         if labels_key is not None:
-            aligned.obs[labels_key] = _labels_state(self.registry_)["unlabeled_category"]
+            aligned.obs[labels_key] = self._labels_to_keep(adata, labels_key) if keep_labels else self._unlabelled
         batch_key = self._setup_args.get("batch_key")
         if batch_key is not None:
             batch = self.registry_["field_registries"][REGISTRY_KEYS.BATCH_KEY]["state_registry"]
             aligned.obs[batch_key] = batch["categorical_mapping"][0]
         aligned.uns["scrobust_alignment"] = report.as_dict()
         return aligned, report
+
+    @property
+    def _unlabelled(self) -> str:
+        return _labels_state(self.registry_)["unlabeled_category"]
+
+    def _labels_to_keep(self, adata: ad.AnnData, labels_key: str) -> np.ndarray:
+        """``adata``'s labels of the model's cell types; every other cell unlabelled (logged)."""
+        if labels_key not in adata.obs.columns:
+            return np.full(adata.n_obs, self._unlabelled, dtype=object)
+        given = adata.obs[labels_key].astype(object)
+        known = given.isin(list(self.cell_types_)).to_numpy()
+        other = int((~known & given.notna().to_numpy() & (given != self._unlabelled).to_numpy()).sum())
+        if other:
+            logger.warning(
+                "%d cells of adata.obs[%r] carry labels that are not among the model's cell types %s; they are "
+                "left unlabelled (the classifier's types are fixed when it is created).",
+                other,
+                labels_key,
+                list(self.cell_types_),
+            )
+        return np.where(known, given.astype(str).to_numpy(), self._unlabelled).astype(object)
 
     # --------------------------------------------------------------- training
     def _fit(
@@ -1376,7 +1404,8 @@ class SCRobust(BaseModelClass):
         dir_path
             Folder written by :meth:`save`.
         adata
-            Optional AnnData to attach (aligned to the model's genes by name).
+            Optional AnnData to attach (aligned to the model's genes by name). Its labels of
+            the model's cell types are kept, so the model can be trained further on it.
         accelerator, device
             Where to place the weights.
 
@@ -1416,7 +1445,7 @@ class SCRobust(BaseModelClass):
             _, _, torch_device = parse_device_args(accelerator=accelerator, devices=device, return_device="torch")
             model.module.to(torch_device)
         if adata is not None:
-            aligned = model._validate_anndata(adata)
+            aligned = model._validate_anndata(adata, keep_labels=True)
             model._adata = aligned
             model._adata_manager = model.get_anndata_manager(aligned)
         return model
