@@ -241,3 +241,19 @@ def test_a_model_loaded_onto_labelled_cells_keeps_their_labels_and_trains_furthe
     query = small_pbmc.copy()
     query.obs["cell_type"] = "a type the model never saw"  # a query's own labels are never read
     assert counts_model.predict(query).shape == (query.n_obs,)
+
+
+@pytest.mark.parametrize("allowed, message", [("CD19+ B", "a list of cell types, not a string"), ([], "at least one")])
+def test_allowed_labels_must_be_a_non_empty_list(small_pbmc, counts_model, allowed, message):
+    with pytest.raises(ValueError, match=message):
+        counts_model.predict(small_pbmc, allowed_labels=allowed)
+
+
+def test_token_dropout_must_be_a_share(small_pbmc, counts_model):
+    with pytest.raises(ValueError, match=r"token_dropout must be in \[0, 1\)"):
+        counts_model.train(max_epochs=1, token_dropout=1.5, **QUIET)
+
+
+def test_add_dropout_names_a_missing_layer(small_pbmc):
+    with pytest.raises(ValueError, match="layer 'nope' is not in adata.layers"):
+        scrobust.pp.add_dropout(small_pbmc, 0.3, layer="nope")

@@ -174,6 +174,10 @@ def restrict_labels(proba: pd.DataFrame, allowed_labels: Sequence[str] | None) -
     """
     if allowed_labels is None:
         return proba
+    if isinstance(allowed_labels, str):
+        raise ValueError(f"allowed_labels must be a list of cell types, not a string: pass [{allowed_labels!r}].")
+    if len(allowed_labels) == 0:
+        raise ValueError("allowed_labels must name at least one cell type (or be None for all).")
     unknown = sorted(set(allowed_labels) - set(proba.columns))
     if unknown:
         raise ValueError(f"allowed_labels not among the model's cell types: {unknown}. Known: {list(proba.columns)}")
@@ -934,6 +938,8 @@ class SCRobust(BaseModelClass):
         if gene_selection not in GENE_SELECTIONS:
             raise ValueError(f"gene_selection must be one of {GENE_SELECTIONS}, not {gene_selection!r}.")
         check_n_genes(n_genes)
+        if not 0 <= token_dropout < 1:
+            raise ValueError(f"token_dropout must be in [0, 1) (a share of each cell's genes), not {token_dropout!r}.")
         codes = np.asarray(self.adata_manager.get_from_registry(REGISTRY_KEYS.LABELS_KEY)).ravel()
         n_classes = len(self.cell_types_)
         labelled = np.flatnonzero(codes < n_classes)

@@ -55,6 +55,8 @@ def add_dropout(
     >>> import scrobust_sc as scrobust
     >>> noisy = scrobust.pp.add_dropout(scrobust.data.pbmc_demo(), 0.5)
     """
+    if layer is not None and layer not in adata.layers:
+        raise ValueError(f"layer {layer!r} is not in adata.layers (layers: {list(adata.layers.keys())}).")
     target = adata.copy() if copy else adata
     matrix = target.X if layer is None else target.layers[layer]
     corrupted = dropout_counts(matrix, p, seed=seed)
