@@ -257,3 +257,10 @@ def test_token_dropout_must_be_a_share(small_pbmc, counts_model):
 def test_add_dropout_names_a_missing_layer(small_pbmc):
     with pytest.raises(ValueError, match="layer 'nope' is not in adata.layers"):
         scrobust.pp.add_dropout(small_pbmc, 0.3, layer="nope")
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), "8GB"])
+def test_the_dense_budget_refuses_values_that_are_not_byte_counts(value):
+    with pytest.raises(ValueError, match="max_dense_bytes must be a positive integer or None"):
+        scrobust.settings.max_dense_bytes = value
+    assert scrobust.settings.max_dense_bytes is not None  # unchanged

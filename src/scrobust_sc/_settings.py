@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import numbers
+
 #: Default largest dense array (bytes) an operation may create from the user's data: 4 GiB.
 DEFAULT_MAX_DENSE_BYTES = 4 * 1024**3
 
@@ -36,7 +39,8 @@ class ScrobustSettings:
 
     @max_dense_bytes.setter
     def max_dense_bytes(self, value: int | None) -> None:
-        if value is not None and (isinstance(value, bool) or int(value) != value or value <= 0):
+        number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+        if value is not None and not (number and math.isfinite(value) and int(value) == value and value > 0):
             raise ValueError(f"max_dense_bytes must be a positive integer or None, not {value!r}.")
         self._max_dense_bytes = None if value is None else int(value)
 
