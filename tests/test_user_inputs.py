@@ -264,3 +264,12 @@ def test_the_dense_budget_refuses_values_that_are_not_byte_counts(value):
     with pytest.raises(ValueError, match="max_dense_bytes must be a positive integer or None"):
         scrobust.settings.max_dense_bytes = value
     assert scrobust.settings.max_dense_bytes is not None  # unchanged
+
+
+def test_add_dropout_takes_a_dense_float16_matrix(small_pbmc):
+    adata = small_pbmc.copy()
+    adata.X = adata.X.toarray().astype(np.float16)
+    noisy = scrobust.pp.add_dropout(adata, 0.5)
+    kept = noisy.X.toarray()
+    assert 0 < np.count_nonzero(kept) < np.count_nonzero(adata.X)
+    assert np.all((kept == 0) | (kept == adata.X.astype(np.float32)))  # entries are kept or set to 0

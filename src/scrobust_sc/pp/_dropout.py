@@ -10,6 +10,8 @@ from scipy import sparse
 def dropout_counts(matrix, p: float, *, seed: int = 0) -> sparse.csr_matrix:
     """Set ``round(p * nnz)`` random non-zero entries of every cell to zero.
 
+    Returns a CSR matrix whatever the input's format (dense float16 becomes float32).
+
     Examples
     --------
     >>> import numpy as np
@@ -19,6 +21,8 @@ def dropout_counts(matrix, p: float, *, seed: int = 0) -> sparse.csr_matrix:
     if not 0 <= p < 1:
         raise ValueError(f"dropout rate p must be in [0, 1), got {p}.")
     rng = np.random.default_rng(seed)
+    if not sparse.issparse(matrix) and np.asarray(matrix).dtype == np.float16:  # scipy.sparse has no float16
+        matrix = np.asarray(matrix, dtype=np.float32)
     out = sparse.csr_matrix(matrix, copy=True)
     out.eliminate_zeros()
     per_row = np.diff(out.indptr)
