@@ -273,3 +273,21 @@ def test_add_dropout_takes_a_dense_float16_matrix(small_pbmc):
     kept = noisy.X.toarray()
     assert 0 < np.count_nonzero(kept) < np.count_nonzero(adata.X)
     assert np.all((kept == 0) | (kept == adata.X.astype(np.float32)))  # entries are kept or set to 0
+
+
+@pytest.mark.parametrize("bad", [-1.0, np.nan])
+def test_tfidf_refuses_values_that_are_not_counts(bad):
+    peaks = np.array([[bad, 2.0], [0.0, 1.0]])
+    with pytest.raises(ValueError, match="negative|NaN"):
+        scrobust.pp.tfidf(peaks)
+
+
+def test_select_peaks_names_a_count_that_is_not_whole():
+    peaks = ad.AnnData(np.array([[1, 0, 2], [1, 1, 0]], dtype=np.float32))
+    with pytest.raises(ValueError, match="n_top must be a whole number of at least 1"):
+        scrobust.pp.select_peaks(peaks, n_top=2.0)
+
+
+def test_predicting_no_cells_gives_an_empty_result(small_pbmc, counts_model):
+    assert counts_model.predict_proba(small_pbmc, indices=[]).shape == (0, len(counts_model.cell_types_))
+    assert counts_model.predict(small_pbmc, indices=[]).shape == (0,)

@@ -1261,6 +1261,8 @@ class SCRobust(BaseModelClass):
         names = (adata if adata is not None else self.adata).obs_names
         if indices is not None:
             names = names[np.asarray(indices)]
+        if not probs:  # no cells asked for
+            return pd.DataFrame(np.zeros((0, len(self.cell_types_)), np.float32), columns=self.cell_types_), np.zeros(0)
         proba = pd.DataFrame(torch.cat(probs).numpy(), index=names, columns=self.cell_types_)
         return proba, torch.cat(novelty).numpy()
 

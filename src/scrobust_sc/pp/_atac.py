@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import anndata as ad
 import numpy as np
+from scipy import sparse
 
 from scrobust_sc._constants import TARGET_SUM
 from scrobust_sc.data._atac import inverse_document_frequency, peak_cell_counts, tfidf_matrix, top_peaks_mask
+from scrobust_sc.data._validation import check_finite_nonnegative, check_whole_number
+
+
+def _check_peak_values(matrix) -> None:
+    """Refuse NaN, infinite or negative peak values in memory (a backed matrix is read as it is used)."""
+    if isinstance(matrix, np.ndarray) or sparse.issparse(matrix):
+        check_finite_nonnegative(matrix, where="the peak matrix")
 
 
 def _matrix(adata: ad.AnnData, layer: str | None):
@@ -58,6 +66,9 @@ def select_peaks(
     >>> select_peaks(a, min_cells=3, return_mask=True).tolist()
     [True, False, False]
     """
+    if n_top is not None:
+        check_whole_number(n_top, "n_top", 1)
+    check_whole_number(min_cells, "min_cells", 0)
     matrix = _matrix(adata, layer)
     mask = top_peaks_mask(matrix, n_top=n_top, min_cells=min_cells)
     if return_mask:
@@ -122,9 +133,11 @@ def tfidf(
     3
     """
     if not isinstance(data, ad.AnnData):
+        _check_peak_values(data)
         return tfidf_matrix(data, idf, scale_factor=scale_factor)
     target = data.copy() if copy else data
     matrix = _matrix(target, layer)
+    _check_peak_values(matrix)
     if idf is None:
         idf = inverse_document_frequency(matrix)
     target.layers[key_added] = tfidf_matrix(matrix, idf, scale_factor=scale_factor)
