@@ -291,3 +291,19 @@ def test_select_peaks_names_a_count_that_is_not_whole():
 def test_predicting_no_cells_gives_an_empty_result(small_pbmc, counts_model):
     assert counts_model.predict_proba(small_pbmc, indices=[]).shape == (0, len(counts_model.cell_types_))
     assert counts_model.predict(small_pbmc, indices=[]).shape == (0,)
+
+
+@pytest.mark.parametrize("dtype", ["object", "category"])
+def test_confusion_leaves_out_cells_without_a_true_label_and_orders_numbers_as_numbers(dtype):
+    import matplotlib
+    import pandas as pd
+
+    matplotlib.use("Agg")
+    truth = pd.Series([0, 2, 10, np.nan, 2, 10], dtype=object).astype(dtype)
+    adata = ad.AnnData(
+        np.zeros((6, 1)), obs=pd.DataFrame({"truth": truth.array, "pred": ["0", "2", "10", "2", "2", "0"]})
+    )
+    ax = scrobust.pl.confusion(adata, true="truth", pred="pred", normalize=False)
+    rows = [t.get_text() for t in ax.get_yticklabels()]
+    assert rows == ["0", "2", "10"]  # no "nan" row, numbers in numeric order
+    assert sum(int(t.get_text()) for t in ax.texts) == 5  # the five labelled cells

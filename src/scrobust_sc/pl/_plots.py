@@ -45,7 +45,8 @@ def confusion(
     adata
         Annotated data.
     true
-        ``obs`` column of the known labels (rows).
+        ``obs`` column of the known labels (rows; categories in their order, other values
+        sorted, numbers as numbers). Cells without a known label are left out.
     pred
         ``obs`` column of the predicted labels (columns), e.g. ``"scrobust_label"``.
     normalize
@@ -67,6 +68,8 @@ def confusion(
     >>> scrobust.pl.confusion(adata, true="cell_type", pred="scrobust_label", save="confusion.png")  # doctest: +SKIP
     """
     rows, cols = _obs_column(adata, true), _obs_column(adata, pred)
+    labelled = (rows.notna() & cols.notna()).to_numpy()  # cells without a true (or predicted) label: left out
+    rows, cols = rows[labelled], cols[labelled]
     counts = pd.crosstab(rows.astype(str).to_numpy(), cols.astype(str).to_numpy())
     counts = counts.reindex(index=_ordered(rows, counts.index), columns=_ordered(cols, counts.columns))
     shown = counts.div(counts.sum(axis=1).replace(0, 1), axis=0) if normalize else counts.astype(float)
@@ -102,11 +105,14 @@ def confusion(
 
 
 def _ordered(column: pd.Series, present: pd.Index) -> list[str]:
-    """The categories of ``column`` in their own order (categorical) or sorted, if present."""
+    """The categories of ``column`` in their own order (categorical) or sorted by value (numbers as numbers)."""
     if isinstance(column.dtype, pd.CategoricalDtype):
         order = [str(c) for c in column.cat.categories]
     else:
-        order = sorted(present)
+        try:
+            order = [str(v) for v in sorted(pd.unique(column.dropna()))]
+        except TypeError:  # values of mixed types: as text
+            order = sorted(present)
     return [c for c in order if c in set(present)]
 
 
