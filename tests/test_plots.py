@@ -227,3 +227,14 @@ def test_neighbors_beyond_scanpys_brute_force_limit(monkeypatch):
     assert (np.diff(graph.indptr) >= 9).all()  # every cell has its k - 1 neighbours (or k)
     rows, cols = graph.nonzero()
     assert (group[rows] == group[cols]).all()  # all from the cell's own well-separated group
+
+
+def test_pathway_embedding_draws_cells_without_a_colour_as_na(data, model):
+    adata = data.copy()
+    adata.obs["group"] = adata.obs["cell_type_coarse"].astype(object)
+    adata.obs.loc[adata.obs_names[:10], "group"] = np.nan
+    adata.obs["group"] = adata.obs["group"].astype("category")
+    ax = scrobust.pl.pathway_embedding(adata, model, gene_sets=SETS, basis="umap", color="group")
+    drawn = sum(len(c.get_offsets()) for c in ax.collections[:-1])  # the last collection: the pathway stars
+    assert drawn == adata.n_obs
+    assert "NA" in [t.get_text() for t in ax.get_legend().get_texts()]

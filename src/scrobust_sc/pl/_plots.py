@@ -303,6 +303,9 @@ def pathway_embedding(
     elif isinstance(values.dtype, pd.CategoricalDtype) or not pd.api.types.is_numeric_dtype(values):
         categories = values.astype("category").cat.categories
         palette = plt.get_cmap("tab20" if len(categories) > 10 else "tab10")
+        missing = values.isna().to_numpy()
+        if missing.any():  # drawn under the others, in grey, as scanpy draws them
+            ax.scatter(*cell_xy[missing].T, s=point_size, c="lightgrey", linewidths=0, label="NA")
         for i, category in enumerate(categories):
             mask = (values == category).to_numpy()
             ax.scatter(*cell_xy[mask].T, s=point_size, color=palette(i % palette.N), linewidths=0, label=str(category))
