@@ -307,3 +307,36 @@ def test_confusion_leaves_out_cells_without_a_true_label_and_orders_numbers_as_n
     rows = [t.get_text() for t in ax.get_yticklabels()]
     assert rows == ["0", "2", "10"]  # no "nan" row, numbers in numeric order
     assert sum(int(t.get_text()) for t in ax.texts) == 5  # the five labelled cells
+
+
+# Found by the third review (stop 34): scATAC queries, pre-training on a query.
+
+
+def test_unlabelled_cells_in_another_scale_than_the_reference_are_refused(small_pbmc):
+    reference, query = small_pbmc[:150].copy(), small_pbmc[150:].copy()
+    reference.X = reference.X.astype(np.int32)  # counts stored as integers, as in the demo data
+    sc.pp.normalize_total(query)
+    sc.pp.log1p(query)
+    with pytest.raises(ValueError, match="unlabelled cells"):
+        scrobust.tl.fit_annotator(reference, "cell_type", unlabelled=query, **FIT)
+
+
+def test_unlabelled_cells_missing_the_layer_are_named(small_pbmc):
+    reference, query = small_pbmc[:150].copy(), small_pbmc[150:].copy()
+    reference.layers["counts"] = reference.X.copy()
+    with pytest.raises(ValueError, match="unlabelled cells"):
+        scrobust.tl.fit_annotator(reference, "cell_type", unlabelled=query, layer="counts", **FIT)
+
+
+def test_a_peak_query_without_shared_peaks_is_told_about_peaks():
+    from pathlib import Path
+
+    from scrobust_sc.data._alignment import match_genes
+
+    peaks = ad.read_h5ad(Path(__file__).parent / "data" / "granja_atac_fixture.h5ad")
+    names = scrobust.data.peak_names(peaks)
+    shifted = names.str.replace(r":(\d+)-", lambda m: f":{int(m.group(1)) + 50}-", regex=True)
+    assert shifted[0] != names[0]
+    with pytest.raises(ValueError, match="peaks are matched by their exact coordinates") as refused:
+        match_genes(shifted, names, features="peaks")
+    assert "gene_symbols" not in str(refused.value)

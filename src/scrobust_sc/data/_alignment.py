@@ -68,8 +68,12 @@ def query_gene_names(adata: ad.AnnData, gene_symbols: str | None) -> pd.Index:
     return pd.Index(adata.var[gene_symbols].astype(str))
 
 
-def match_genes(query_names: pd.Index, model_genes: pd.Index, *, min_overlap: float = MIN_GENE_OVERLAP):
+def match_genes(
+    query_names: pd.Index, model_genes: pd.Index, *, min_overlap: float = MIN_GENE_OVERLAP, features: str = "genes"
+):
     """Position of each model gene in the query (``-1`` when missing) and a report.
+
+    ``features="peaks"`` words the no-overlap error for scATAC peaks.
 
     Examples
     --------
@@ -82,6 +86,13 @@ def match_genes(query_names: pd.Index, model_genes: pd.Index, *, min_overlap: fl
     position = query_names.get_indexer(model_genes)
     found = position >= 0
     report = GeneAlignment(len(model_genes), int(found.sum()), list(model_genes[~found]))
+    if (report.n_found == 0 or report.n_found < min_overlap * len(model_genes)) and features == "peaks":
+        raise ValueError(
+            f"Only {report.n_found} of the model's {len(model_genes)} peaks are in the query (e.g. model peaks "
+            f"{list(model_genes[:3])}, query peaks {list(query_names[:3])}): peaks are matched by their exact "
+            "coordinates (chrom:start-end). Count the query's fragments in the model's peak set (the reference's "
+            "peaks) so that both share them."
+        )
     if report.n_found == 0 or report.n_found < min_overlap * len(model_genes):
         hint = ""
         if looks_like_ensembl(query_names) != looks_like_ensembl(model_genes):
@@ -156,8 +167,9 @@ def align_to_genes(
     gene_symbols
         ``var`` column holding names that match the model's genes.
     names
-        The query's feature names, one per ``var`` row, given directly (e.g. canonical peak
-        names from :func:`~scrobust_sc.data.peak_names`); overrides ``gene_symbols``.
+        The query's peak names, one per ``var`` row, given directly (canonical names from
+        :func:`~scrobust_sc.data.peak_names`); overrides ``gene_symbols``, and a query
+        without enough shared features is then told about peaks, not genes.
 
     Returns
     -------
@@ -173,8 +185,9 @@ def align_to_genes(
     """
     if adata.n_obs == 0:
         raise ValueError(f"The query AnnData has no cells ({adata.n_obs} cells x {adata.n_vars} genes).")
+    features = "genes" if names is None else "peaks"  # names are given for peaks (canonical peak names)
     names = query_gene_names(adata, gene_symbols) if names is None else pd.Index(names)
-    position, report = match_genes(names, model_genes)
+    position, report = match_genes(names, model_genes, features=features)
     matrix = adata.X if layer is None else _layer(adata, layer)
     if matrix is None:
         raise ValueError("adata.X is empty: pass the layer that holds the counts with `layer=`.")

@@ -15,6 +15,7 @@ from scrobust_sc._constants import DEFAULT_KEY, EMBEDDING_KEY, UNKNOWN_LABEL
 from scrobust_sc.data._alignment import align_to_genes
 from scrobust_sc.data._memory import matrix_in_memory
 from scrobust_sc.data._peaks import peak_names
+from scrobust_sc.data._validation import check_finite_nonnegative, detect_input_kind
 from scrobust_sc.model._model import restrict_labels
 
 from ._novelty import DEFAULT_NOVELTY_NEIGHBORS, neighbourhood_novelty
@@ -169,17 +170,36 @@ def _whole_query_shift(novelty: np.ndarray, threshold: float | None) -> str:
     )
 
 
+def _check_same_scale(reference, unlabelled, modality: str) -> None:
+    """Refuse unlabelled cells whose values are not of the reference's kind (counts or log-normalised)."""
+    where = "the unlabelled cells' (the query's) expression matrix"
+    check_finite_nonnegative(unlabelled, where=where)
+    if modality != "rna":
+        return
+    has_values = unlabelled.nnz if sparse.issparse(unlabelled) else np.count_nonzero(unlabelled)
+    if unlabelled.shape[0] and has_values:
+        reference_is_log = detect_input_kind(reference, where="the reference's expression matrix")
+        detect_input_kind(unlabelled, is_log_normalized=reference_is_log, where=where)
+
+
 def _with_unlabelled(
     view: ad.AnnData, unlabelled: ad.AnnData, labels_key: str, layer: str | None, modality: str
 ) -> ad.AnnData:
     """``view`` followed by ``unlabelled``'s cells, matched to ``view``'s features by name, label-less."""
+    if layer is not None and layer not in unlabelled.layers:
+        raise ValueError(
+            f"layer {layer!r} is not in the unlabelled cells' (the query's) layers "
+            f"({list(unlabelled.layers.keys())}): they need their counts in the same layer as the reference."
+        )
     names = peak_names(unlabelled) if modality == "atac" else None
     aligned, report = align_to_genes(unlabelled, view.var_names, layer=layer, names=names)
     top, bottom = (a.X if layer is None else a.layers[layer] for a in (view, aligned))
+    _check_same_scale(top, bottom, modality)
+    dtype = np.result_type(top.dtype, bottom.dtype)  # never cast the query's values down to the reference's
     if sparse.issparse(top) or sparse.issparse(bottom):
-        matrix = sparse.vstack([sparse.csr_matrix(top), sparse.csr_matrix(bottom, dtype=top.dtype)], format="csr")
+        matrix = sparse.vstack([sparse.csr_matrix(top, dtype=dtype), sparse.csr_matrix(bottom, dtype=dtype)], "csr")
     else:
-        matrix = np.vstack([np.asarray(top), np.asarray(bottom, dtype=top.dtype)])
+        matrix = np.vstack([np.asarray(top, dtype=dtype), np.asarray(bottom, dtype=dtype)])
     labels = np.concatenate([view.obs[labels_key].astype(str).to_numpy(), np.full(aligned.n_obs, UNKNOWN_LABEL)])
     obs = pd.DataFrame({labels_key: pd.Categorical(labels)}, index=view.obs_names.append(aligned.obs_names))
     logger.info(
