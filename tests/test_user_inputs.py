@@ -340,3 +340,24 @@ def test_a_peak_query_without_shared_peaks_is_told_about_peaks():
     with pytest.raises(ValueError, match="peaks are matched by their exact coordinates") as refused:
         match_genes(shifted, names, features="peaks")
     assert "gene_symbols" not in str(refused.value)
+
+
+def test_cross_splits_without_known_test_cells_are_skipped_or_refused():
+    from scrobust_sc.benchmark import cross_splits
+
+    splits = cross_splits(["x", "x", "y", "y", "z", "z"], ["a", "b", "a", "b", "c", "c"])
+    assert [s.name for s in splits] == ["x -> rest", "y -> rest"]  # z's own type is in no other group
+    with pytest.raises(ValueError, match="no test cell of a type"):
+        cross_splits(["x", "x", "y", "y"], ["a", "a", "b", "b"])
+
+
+def test_benchmark_refuses_an_empty_method_list_before_creating_its_folder(tmp_path, capsys):
+    from scrobust_sc.cli import main
+
+    small = tmp_path / "small.h5ad"
+    scrobust.data.pbmc_demo()[:60].copy().write_h5ad(small)
+    for methods, message in ((",", "names no method"), ("logreg,foo", "Unknown methods")):
+        out = tmp_path / f"out{len(methods)}"
+        assert main(["benchmark", "--data", str(small), "--methods", methods, "--out", str(out), "--quick"]) == 2
+        assert message in capsys.readouterr().err
+        assert not out.exists()

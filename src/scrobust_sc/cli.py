@@ -229,6 +229,11 @@ def _cmd_benchmark(args) -> None:
     except ValueError as err:
         raise CLIError(f"--scrobust-options: {err}") from None
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if not methods:
+        raise CLIError(f"--methods {args.methods!r} names no method; choose from {list(benchmark.METHODS)}")
+    unknown = [m for m in methods if m not in benchmark.METHODS]
+    if unknown:
+        raise CLIError(f"Unknown methods {unknown}; choose from {list(benchmark.METHODS)}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     _quiet_lightning(args.verbose)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import numpy as np
 from sklearn.model_selection import StratifiedKFold
+
+logger = logging.getLogger("scrobust_sc")
 
 
 @dataclass(frozen=True)
@@ -93,7 +96,8 @@ def novel_splits(labels, *, n_folds: int = 5, seed: int = 0, min_cells: int = 10
 def cross_splits(groups, labels) -> list[Split]:
     """Train on one group (batch, platform...), test on all the others, for every group.
 
-    Test cells of types absent from the training group are dropped (and reported).
+    Test cells of types absent from the training group are dropped (and reported); a group
+    that leaves no test cell is skipped (logged), and none left is an error.
 
     Examples
     --------
@@ -113,5 +117,13 @@ def cross_splits(groups, labels) -> list[Split]:
         known = np.isin(labels[test], np.unique(labels[train]))
         dropped = sorted(str(t) for t in set(labels[test][~known]))
         note = f"test types absent from {str(value)!r}, dropped: {dropped}" if dropped else ""
+        if not known.any():
+            logger.warning("Split %r -> rest skipped: no test cell of a type seen in %r.", str(value), str(value))
+            continue
         out.append(Split(f"{value} -> rest", k, train, test[known], note=note))
+    if not out:
+        raise ValueError(
+            "The split key leaves no test cell of a type seen in training, whichever group trains: the groups "
+            "share no cell type, so there is nothing to score."
+        )
     return out
