@@ -56,22 +56,16 @@ def _check_outputs(args, source: str) -> None:
     for flag, path in (("--out", args.out), ("--csv", getattr(args, "csv", None))):
         if path is not None and Path(path).is_dir():
             raise CLIError(f"{flag} {path} is a folder; give the file to write")
-    _check_backed_output(args, source, args.out)
+    if args.backed and Path(args.out).resolve() == Path(source).resolve():  # anndata would append to the input
+        raise CLIError(f"--out {args.out} is the --backed input itself; write the annotated copy to another file")
 
 
 def _check_model_folder(args) -> None:
     """Refuse to train when ``--out`` already holds a model and ``--overwrite`` is not given."""
-    from scrobust_sc.model._io import META_FILE, WEIGHTS_FILE
+    from scrobust_sc.model._io import refuse_saved_model
 
-    out = Path(args.out)
-    if not args.overwrite and ((out / META_FILE).exists() or (out / WEIGHTS_FILE).exists()):
-        raise CLIError(f"a model is already saved in {out}; pass --overwrite to replace it")
-
-
-def _check_backed_output(args, source: str, out: str) -> None:
-    """Refuse an output that is the backed input itself: anndata would append to the input file."""
-    if getattr(args, "backed", False) and Path(out).resolve() == Path(source).resolve():
-        raise CLIError(f"--out {out} is the --backed input itself; write the annotated copy to another file")
+    if not args.overwrite:
+        refuse_saved_model(Path(args.out), fix="pass --overwrite to replace it")
 
 
 def _write_backed(adata, out: Path) -> None:
@@ -229,11 +223,8 @@ def _cmd_benchmark(args) -> None:
     except ValueError as err:
         raise CLIError(f"--scrobust-options: {err}") from None
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    if not methods:
-        raise CLIError(f"--methods {args.methods!r} names no method; choose from {list(benchmark.METHODS)}")
-    unknown = [m for m in methods if m not in benchmark.METHODS]
-    if unknown:
-        raise CLIError(f"Unknown methods {unknown}; choose from {list(benchmark.METHODS)}")
+    if args.protocol != "ablation":  # the ablation runs its own scRobust variants
+        benchmark.check_methods(methods)  # before --out is created
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     _quiet_lightning(args.verbose)

@@ -330,6 +330,24 @@ SCROBUST_OPTIONS = (
 )
 
 
+def check_methods(methods) -> None:
+    """Refuse a method list that names no method or one that is not in :data:`METHODS`.
+
+    Examples
+    --------
+    >>> check_methods(["logreg", "knn"])
+    >>> check_methods(["logreg", "foo"])
+    Traceback (most recent call last):
+    ...
+    ValueError: Unknown methods ['foo']; choose from ['scrobust', 'celltypist', 'scanvi', 'logreg', 'knn'].
+    """
+    if not methods:
+        raise ValueError(f"The method list names no method; choose from {list(METHODS)}.")
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"Unknown methods {unknown}; choose from {list(METHODS)}.")
+
+
 def check_scrobust_options(options: dict | None) -> None:
     """Refuse scRobust options that :func:`scrobust_method` would not read.
 

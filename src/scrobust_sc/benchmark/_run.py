@@ -14,7 +14,7 @@ import pandas as pd
 
 from scrobust_sc.pp import add_dropout
 
-from ._methods import ABLATION_VARIANTS, METHODS, Prediction, check_scrobust_options
+from ._methods import ABLATION_VARIANTS, METHODS, Prediction, check_methods, check_scrobust_options
 from ._metrics import classification_scores, novel_type_scores
 from ._splits import Split, cross_splits, cv_splits, novel_splits
 
@@ -187,9 +187,7 @@ def run_benchmark(
         variants = {name: _variant_options(scrobust_options, opts) for name, opts in ABLATION_VARIANTS.items()}
         runs = [(name, "scrobust", opts) for name, opts in variants.items()]
     else:
-        unknown = [m for m in methods if m not in METHODS]
-        if unknown:
-            raise ValueError(f"Unknown methods {unknown}; choose from {list(METHODS)}.")
+        check_methods(methods)
         runs = [(m, m, scrobust_options if m == "scrobust" else None) for m in methods]
     adata = adata[adata.obs[labels_key].notna().to_numpy()]
     if quick:

@@ -86,14 +86,15 @@ def match_genes(
     position = query_names.get_indexer(model_genes)
     found = position >= 0
     report = GeneAlignment(len(model_genes), int(found.sum()), list(model_genes[~found]))
-    if (report.n_found == 0 or report.n_found < min_overlap * len(model_genes)) and features == "peaks":
+    too_few = report.n_found == 0 or report.n_found < min_overlap * len(model_genes)
+    if too_few and features == "peaks":
         raise ValueError(
             f"Only {report.n_found} of the model's {len(model_genes)} peaks are in the query (e.g. model peaks "
             f"{list(model_genes[:3])}, query peaks {list(query_names[:3])}): peaks are matched by their exact "
             "coordinates (chrom:start-end). Count the query's fragments in the model's peak set (the reference's "
             "peaks) so that both share them."
         )
-    if report.n_found == 0 or report.n_found < min_overlap * len(model_genes):
+    if too_few:
         hint = ""
         if looks_like_ensembl(query_names) != looks_like_ensembl(model_genes):
             hint = (

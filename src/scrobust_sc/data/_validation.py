@@ -134,35 +134,18 @@ def check_gene_names(names: pd.Index, *, where: str = "adata.var_names", peaks: 
     if names.isna().any():
         raise ValueError(f"{where} contains missing gene names. Give every gene a name.")
     duplicated = names[names.duplicated()].unique()
-    if len(duplicated) and peaks:
-        shown = ", ".join(map(str, duplicated[:5]))
-        raise ValueError(
-            f"{where} contain {len(duplicated)} duplicated peaks ({shown}...). Peaks are tokens and must be "
-            "unique: sum the duplicates' counts, or keep one of each (`adata = adata[:, "
-            "~adata.var_names.duplicated()].copy()`; renaming them would break their chr:start-end names)."
-        )
     if len(duplicated):
         shown = ", ".join(map(str, duplicated[:5]))
-        raise ValueError(
-            f"{where} contains {len(duplicated)} duplicated gene names ({shown}...). Genes are tokens and "
-            "must be unique: call `adata.var_names_make_unique()` or aggregate the duplicates first."
+        fix = (
+            "sum the duplicates' counts, or keep one of each (`adata = adata[:, ~adata.var_names.duplicated()]"
+            ".copy()`; renaming them would break their chr:start-end names)"
+            if peaks
+            else "call `adata.var_names_make_unique()` or aggregate the duplicates first"
         )
-
-
-def check_n_genes(n_genes) -> None:
-    """Refuse a number of input genes per cell that is not a whole number of at least 1.
-
-    Examples
-    --------
-    >>> check_n_genes(800)
-    >>> check_n_genes(0)
-    Traceback (most recent call last):
-    ...
-    ValueError: n_genes must be a whole number of at least 1 (genes per cell), not 0.
-    """
-    whole = isinstance(n_genes, (int, np.integer)) and not isinstance(n_genes, bool)
-    if not whole or n_genes < 1:
-        raise ValueError(f"n_genes must be a whole number of at least 1 (genes per cell), not {n_genes!r}.")
+        what = "duplicated peaks" if peaks else "duplicated gene names"
+        raise ValueError(
+            f"{where} contains {len(duplicated)} {what} ({shown}...). They are tokens and must be unique: {fix}."
+        )
 
 
 def check_whole_number(value, name: str, minimum: int) -> None:

@@ -12,7 +12,7 @@ from scipy import sparse
 
 from scrobust_sc._constants import GENE_SELECTIONS
 from scrobust_sc.data._memory import check_dense_budget
-from scrobust_sc.data._validation import check_n_genes
+from scrobust_sc.data._validation import check_whole_number
 
 
 def _group_codes(groups, n_cells: int, obs_names: pd.Index | None = None) -> tuple[np.ndarray, pd.Index]:
@@ -99,7 +99,7 @@ def gene_attention(
     """
     if gene_selection not in GENE_SELECTIONS:
         raise ValueError(f"gene_selection must be one of {GENE_SELECTIONS}, not {gene_selection!r}.")
-    check_n_genes(n_genes)
+    check_whole_number(n_genes, "n_genes", 1)
     module = model.module
     module.encoder._resolve_layer(layer)
     n_model_genes = len(model.gene_names_)

@@ -75,6 +75,12 @@ def _staged_file(target: Path, write) -> Path:
     return Path(tmp)
 
 
+def refuse_saved_model(dir_path: Path, *, fix: str = "pass overwrite=True to replace it") -> None:
+    """Raise ``FileExistsError`` when ``dir_path`` already holds a saved model (before any training, or at saving)."""
+    if (dir_path / META_FILE).exists() or (dir_path / WEIGHTS_FILE).exists():
+        raise FileExistsError(f"A model is already saved in {dir_path}; {fix}.")
+
+
 def save_model_files(model, dir_path: Path, *, overwrite: bool = False) -> None:
     """Write ``model.safetensors`` and ``model.json`` into ``dir_path``, renamed into place last.
 
@@ -82,8 +88,8 @@ def save_model_files(model, dir_path: Path, *, overwrite: bool = False) -> None:
     old ``model.json``; loading then refuses them (checksum), it never loads a mix.
     """
     meta_path, weights_path = dir_path / META_FILE, dir_path / WEIGHTS_FILE
-    if (meta_path.exists() or weights_path.exists()) and not overwrite:
-        raise FileExistsError(f"A model is already saved in {dir_path}; pass overwrite=True to replace it.")
+    if not overwrite:
+        refuse_saved_model(dir_path)
     dir_path.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.module.state_dict().items()}
     # Both files are written and checksummed beside the old ones first, then renamed into place:

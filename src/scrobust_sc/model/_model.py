@@ -49,7 +49,6 @@ from scrobust_sc.data._splits import class_weights, stratified_validation_split
 from scrobust_sc.data._validation import (
     check_finite_nonnegative,
     check_gene_names,
-    check_n_genes,
     check_whole_number,
     detect_input_kind,
 )
@@ -937,7 +936,7 @@ class SCRobust(BaseModelClass):
             )
         if gene_selection not in GENE_SELECTIONS:
             raise ValueError(f"gene_selection must be one of {GENE_SELECTIONS}, not {gene_selection!r}.")
-        check_n_genes(n_genes)
+        check_whole_number(n_genes, "n_genes", 1)
         if not 0 <= token_dropout < 1:
             raise ValueError(f"token_dropout must be in [0, 1) (a share of each cell's genes), not {token_dropout!r}.")
         codes = np.asarray(self.adata_manager.get_from_registry(REGISTRY_KEYS.LABELS_KEY)).ravel()
@@ -1230,7 +1229,7 @@ class SCRobust(BaseModelClass):
         """
         if gene_selection not in GENE_SELECTIONS:
             raise ValueError(f"gene_selection must be one of {GENE_SELECTIONS}, not {gene_selection!r}.")
-        check_n_genes(n_genes)
+        check_whole_number(n_genes, "n_genes", 1)
         self.module.encoder._resolve_layer(layer)
         source = self.adata if adata is None else adata
         indices = cell_positions(indices, source.n_obs)

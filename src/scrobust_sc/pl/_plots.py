@@ -366,7 +366,6 @@ def _marker_view(adata: ad.AnnData, key: str, groupby: str, layer: str | None, l
         values = np.log1p(values / np.clip(library, 1e-8, None)[:, None] * TARGET_SUM).astype(np.float32)
     obs = pd.DataFrame({groupby: _obs_column(adata, groupby).astype("category")}, index=adata.obs_names)
     grouped = obs[groupby].notna().to_numpy()  # cells without a group have no markers (left out, as by marker_genes)
-    obs[groupby] = obs[groupby].cat.remove_unused_categories()
     view = ad.AnnData(values[grouped], obs=obs[grouped], var=adata.var.iloc[columns].copy())
     view.obs[groupby] = view.obs[groupby].cat.remove_unused_categories()
     view.uns[key] = adata.uns[key]

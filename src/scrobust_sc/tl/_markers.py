@@ -11,6 +11,7 @@ from scipy import sparse
 
 from scrobust_sc._constants import TARGET_SUM
 from scrobust_sc.data._peaks import peak_names
+from scrobust_sc.data._validation import check_whole_number
 from scrobust_sc.model._attention import _group_codes, gene_attention
 
 logger = logging.getLogger("scrobust_sc")
@@ -161,8 +162,8 @@ def marker_genes(
     """
     if groupby not in adata.obs.columns:
         raise ValueError(f"groupby={groupby!r} is not a column of adata.obs (columns: {list(adata.obs.columns)}).")
-    if n_genes is not None and (not isinstance(n_genes, (int, np.integer)) or n_genes < 1):
-        raise ValueError(f"n_genes must be a whole number of at least 1 (or None), got {n_genes!r}.")
+    if n_genes is not None:
+        check_whole_number(n_genes, "n_genes", 1)
     present = adata.obs[groupby].dropna().unique()
     if len(present) < 2:
         raise ValueError(
