@@ -73,13 +73,20 @@ def test_embedding_needs_at_least_one_gene_per_cell(small_pbmc, counts_model, n_
         counts_model.get_latent_representation(small_pbmc, n_genes=n_genes)
 
 
-def test_annotate_keeps_the_record_of_an_earlier_embed(small_pbmc, counts_model):
+def test_annotate_keeps_the_record_of_an_earlier_embed_only_while_its_embedding_stays(small_pbmc, counts_model):
     query = small_pbmc.copy()
-    scrobust.tl.embed(query, counts_model, n_genes=200)
+    scrobust.tl.embed(query, counts_model, key_added="X_mine", n_genes=200)
     record = dict(query.uns["scrobust"]["embed"])
     scrobust.tl.annotate(query, model=counts_model)
-    assert query.uns["scrobust"]["embed"] == record
+    assert query.uns["scrobust"]["embed"] == record  # X_mine is untouched: its record stays
     assert {"params", "cell_types"} <= set(query.uns["scrobust"])
+    # annotate overwrites the embedding an earlier embed wrote: that record no longer holds
+    scrobust.tl.embed(query, counts_model, n_genes=50, gene_selection="expressed")
+    scrobust.tl.annotate(query, model=counts_model)
+    assert "embed" not in query.uns["scrobust"]
+    expected = counts_model.get_latent_representation(query)
+    np.testing.assert_allclose(query.obsm["X_scrobust"], expected, rtol=1e-5, atol=1e-6)
+    assert query.uns["scrobust"]["params"]["embedding"] == {"layer": -1, "gene_selection": "unique", "n_genes": 1000}
 
 
 def test_labels_that_look_like_mistakes_are_taught_with_a_warning(small_pbmc, caplog):
@@ -361,3 +368,53 @@ def test_benchmark_refuses_an_empty_method_list_before_creating_its_folder(tmp_p
         assert main(["benchmark", "--data", str(small), "--methods", methods, "--out", str(out), "--quick"]) == 2
         assert message in capsys.readouterr().err
         assert not out.exists()
+
+
+# ---- found by the stop-35 review of scrobust's outputs in scanpy and anndata ----------------------
+def test_label_categories_are_only_the_labels_some_cell_received(small_pbmc, counts_model):
+    """An empty "Unknown" (or type) category breaks scanpy's grouping tools (rank_genes_groups, dotplot)."""
+    query = small_pbmc.copy()
+    scrobust.tl.annotate(query, model=counts_model, novelty_threshold=None, unknown_threshold=None)
+    labels = query.obs["scrobust_label"]
+    assert "Unknown" not in labels.cat.categories
+    assert set(labels.cat.categories) == set(labels.astype(str))
+    order = list(counts_model.cell_types_)
+    assert list(labels.cat.categories) == [t for t in order if t in set(labels.astype(str))]
+    sc.pp.normalize_total(query)
+    sc.pp.log1p(query)
+    sc.tl.rank_genes_groups(query, "scrobust_label")
+    sc.pl.dotplot(query, list(query.var_names[:3]), groupby="scrobust_label", show=False)
+
+
+def test_pathway_labels_hold_no_empty_unknown_category(small_pbmc, counts_model):
+    genes = list(small_pbmc.var_names)
+    sets = {"first": genes[:5], "second": genes[5:10], "third": genes[10:15]}
+    query = small_pbmc.copy()
+    scrobust.tl.annotate_pathways(query, counts_model, gene_sets=sets)
+    labels = query.obs["scrobust_pathway_label"]
+    assert set(labels.cat.categories) == set(labels.astype(str)) and "Unknown" not in labels.cat.categories
+
+
+def test_a_second_annotation_leaves_no_stale_cell_novelty(small_pbmc, counts_model):
+    query = small_pbmc.copy()
+    scrobust.tl.annotate(query, model=counts_model)
+    assert "scrobust_cell_novelty" in query.obs
+    scrobust.tl.annotate(query, model=counts_model, novelty_neighbors=None)
+    assert "scrobust_cell_novelty" not in query.obs
+
+
+def test_label_colours_are_dropped_when_the_labels_change(small_pbmc, counts_model):
+    query = small_pbmc.copy()
+    scrobust.tl.annotate(query, model=counts_model, novelty_threshold=None, unknown_threshold=None)
+    sc.pl._utils._set_default_colors_for_categorical_obs(query, "scrobust_label")
+    colours = list(query.uns["scrobust_label_colors"])
+    scrobust.tl.annotate(query, model=counts_model, novelty_threshold=None, unknown_threshold=None)
+    assert list(query.uns["scrobust_label_colors"]) == colours  # the same categories keep their colours
+    scrobust.tl.annotate(
+        query,
+        model=counts_model,
+        novelty_threshold=None,
+        unknown_threshold=None,
+        allowed_labels=list(counts_model.cell_types_)[:2],
+    )
+    assert "scrobust_label_colors" not in query.uns

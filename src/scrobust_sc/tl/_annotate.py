@@ -18,6 +18,7 @@ from scrobust_sc.data._peaks import peak_names
 from scrobust_sc.data._validation import check_finite_nonnegative, detect_input_kind
 from scrobust_sc.model._model import restrict_labels
 
+from ._labels import write_label_column
 from ._novelty import DEFAULT_NOVELTY_NEIGHBORS, neighbourhood_novelty
 
 logger = logging.getLogger("scrobust_sc")
@@ -32,8 +33,17 @@ DEFAULT_NOVELTY_THRESHOLD = 1.0
 #: Share of "Unknown" calls above which ``annotate`` warns: a query from another platform
 #: or batch than the reference can look novel as a whole (docs/benchmarks.md, "Cross-platform").
 UNKNOWN_SHARE_WARNING = 0.2
-#: The entries of ``uns[key_added]`` that ``annotate`` writes; others (``tl.embed``'s record) are kept.
+#: The entries of ``uns[key_added]`` that ``annotate`` writes; others (``tl.embed``'s record) are
+#: kept, unless ``annotate`` replaced the embedding that record describes.
 ANNOTATION_UNS_KEYS = ("params", "cell_types", "gene_alignment")
+#: ``get_latent_representation`` settings of the embedding ``annotate`` stores (its defaults).
+ANNOTATION_EMBEDDING = {"layer": -1, "gene_selection": "unique", "n_genes": 1000}
+
+
+def _embedded_into(record) -> str | None:
+    """The ``obsm`` key a ``tl.embed`` record in ``uns`` describes, or ``None``."""
+    params = record.get("params") if isinstance(record, dict) else None
+    return params.get("key_added") if isinstance(params, dict) else None
 
 
 #: Labels that are missing values turned into text (``astype(str)`` of NaN or None).
@@ -280,14 +290,17 @@ def write_annotation(
     labels = proba.columns.to_numpy()[values.argmax(axis=1)].astype(object)
     if unknown_threshold is not None:
         labels[confidence < unknown_threshold] = UNKNOWN_LABEL
-    if novelty is not None:
-        target.obs[f"{key_added}_novelty"] = novelty.astype(np.float32)
-        if cell_novelty is not None:
-            target.obs[f"{key_added}_cell_novelty"] = np.asarray(cell_novelty).astype(np.float32)
-        if novelty_threshold is not None:
-            labels[novelty > novelty_threshold] = UNKNOWN_LABEL
-    categories = list(proba.columns) + ([UNKNOWN_LABEL] if UNKNOWN_LABEL not in proba.columns else [])
-    target.obs[f"{key_added}_label"] = pd.Categorical(labels.astype(str), categories=categories)
+    novelty_columns = {f"{key_added}_novelty": novelty, f"{key_added}_cell_novelty": cell_novelty}
+    if novelty is None:
+        novelty_columns[f"{key_added}_cell_novelty"] = None
+    for column, scores in novelty_columns.items():
+        if scores is not None:
+            target.obs[column] = np.asarray(scores).astype(np.float32)
+        elif column in target.obs:  # an earlier run's scores would sit beside this run's labels
+            del target.obs[column]
+    if novelty is not None and novelty_threshold is not None:
+        labels[novelty > novelty_threshold] = UNKNOWN_LABEL
+    write_label_column(target, f"{key_added}_label", labels, [*proba.columns, UNKNOWN_LABEL])
     target.obs[f"{key_added}_confidence"] = confidence.astype(np.float32)
     target.obsm[f"{key_added}_probabilities"] = values.astype(np.float32)
 
@@ -325,8 +338,9 @@ def annotate(
       ``adata``, whose genes are matched by name.
     * ``model``: a trained model (e.g. ``SCRobust.load(...)``) annotates ``adata``.
 
-    Writes ``obs[f"{key_added}_label"]`` (categorical of text, so numeric or boolean labels
-    come back as ``"3"`` or ``"True"``: compare with ``obs[labels_key].astype(str)``;
+    Writes ``obs[f"{key_added}_label"]`` (categorical of text whose categories are the
+    labels some cell received, so numeric or boolean labels come back as ``"3"`` or
+    ``"True"``: compare with ``obs[labels_key].astype(str)``;
     ``"Unknown"`` where the confidence is below ``unknown_threshold`` or the novelty above
     ``novelty_threshold``),
     ``obs[f"{key_added}_novelty"]`` (the novelty the threshold reads),
@@ -334,7 +348,8 @@ def annotate(
     used), ``obs[f"{key_added}_confidence"]`` (largest class
     probability), ``obsm[f"{key_added}_probabilities"]`` (cells x types, columns in
     ``uns[key_added]["cell_types"]``), ``obsm[embedding_key]`` and ``uns[key_added]``
-    (parameters and the gene-matching report).
+    (parameters, how the embedding was computed, and the gene-matching report; a
+    ``tl.embed`` record there is dropped when it describes ``obsm[embedding_key]``).
 
     Parameters
     ----------
@@ -496,9 +511,11 @@ def annotate(
         cell_novelty=cell_novelty,
     )
     if embedding_key is not None:
-        target.obsm[embedding_key] = model.get_latent_representation(query)
+        target.obsm[embedding_key] = model.get_latent_representation(query, **ANNOTATION_EMBEDDING)
     earlier = target.uns.get(key_added)
     kept = {k: v for k, v in earlier.items() if k not in ANNOTATION_UNS_KEYS} if isinstance(earlier, dict) else {}
+    if embedding_key is not None and _embedded_into(kept.get("embed")) == embedding_key:
+        del kept["embed"]  # tl.embed's record describes an embedding this call replaced
     target.uns[key_added] = {
         **kept,
         "params": {
@@ -510,6 +527,7 @@ def annotate(
             "allowed_labels": list(allowed_labels) if allowed_labels is not None else None,
             "layer": layer,
             "embedding_key": embedding_key,
+            "embedding": dict(ANNOTATION_EMBEDDING) if embedding_key is not None else None,
             "pretrain_on_query": bool(pretrain_on_query),
             "train": {k: v for k, v in model.train_params_.get("train", {}).items() if v is not None},
         },

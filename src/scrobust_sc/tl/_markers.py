@@ -131,8 +131,9 @@ def marker_genes(
         ``obs`` column of the groups (e.g. cell types). Cells with a missing value are
         left out.
     n_genes
-        Markers per group; ``None`` ranks every gene (as scanpy does by default, which
-        its dot plots need for ``values_to_plot="logfoldchanges"``).
+        Markers per group; ``None`` ranks every gene of the model. Scanpy's dot plots
+        with ``values_to_plot="logfoldchanges"`` need every gene of ``adata`` ranked: for
+        them, pass ``adata[:, model.gene_names_]`` when ``adata`` holds other genes too.
     key_added
         ``uns`` key of the results.
     layer

@@ -15,11 +15,12 @@ from os import PathLike
 
 import anndata as ad
 import numpy as np
-import pandas as pd
 import torch
 
 from scrobust_sc._constants import UNKNOWN_LABEL
 from scrobust_sc.data._gmt import read_gmt
+
+from ._labels import write_label_column
 
 logger = logging.getLogger("scrobust_sc")
 
@@ -318,7 +319,7 @@ def annotate_pathways(
     if unknown_threshold is not None:
         labels[scores.max(axis=1) < unknown_threshold] = UNKNOWN_LABEL
     target = adata.copy() if copy else adata
-    target.obs[f"{key_added}_label"] = pd.Categorical(labels.astype(str), categories=[*names, UNKNOWN_LABEL])
+    write_label_column(target, f"{key_added}_label", labels, [*names, UNKNOWN_LABEL])
     target.obsm[f"{key_added}_scores"] = scores
     target.uns[key_added] = {
         "pathways": names,
