@@ -46,6 +46,16 @@ def demo_subset(n_cells: int, n_genes: int, extra_genes=(), seed: int = 0):
     return adata[cells, np.sort(list(genes))].copy()
 
 
+def same_type_neighbours(points, labels, k: int = 15) -> float:
+    """Share of each cell's ``k - 1`` nearest other cells in ``points`` that have its label."""
+    from scrobust_sc.tl._novelty import nearest_cells
+
+    labels = np.asarray(labels)
+    near = nearest_cells(np.asarray(points), k)
+    near = np.array([row[row != i][: k - 1] for i, row in enumerate(near)])
+    return float((labels[near] == labels[:, None]).mean())
+
+
 def fine_tuned(adata, **train_kwargs):
     """A TINY model fine-tuned for 2 epochs on ``adata`` (registered in place with its cell types)."""
     scrobust.SCRobust.setup_anndata(adata, labels_key="cell_type")

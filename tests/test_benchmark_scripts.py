@@ -249,3 +249,31 @@ def test_annotate_wall_time_hides_a_stratified_fifth_and_scores_only_those_cells
     assert 0 <= row["hidden_macro_f1_unknown_counted_wrong"] <= 1 and 0 <= row["hidden_macro_f1_most_likely"] <= 1
     with pytest.raises(SystemExit):
         wall.main(["--data-dir", str(tmp_path), "--datasets", "absent"])
+
+
+def test_neighbourhood_memory_fits_on_every_cell_and_on_a_sample(tmp_path, monkeypatch, capsys):
+    """The script's path end to end on the demo data, with the fit's cap lowered under the query."""
+    import json
+
+    import anndata as ad
+    import numpy as np
+
+    import scrobust_sc as scrobust
+    from scrobust_sc.tl import _novelty
+
+    memory = _script("neighbourhood_memory")
+    source = tmp_path / "demo.h5ad"
+    scrobust.data.pbmc_demo().write_h5ad(source)
+    query = tmp_path / "query.h5ad"
+    memory.write_query(source, query, 900, "cell_type")
+    written = ad.read_h5ad(query)
+    assert written.n_obs == 900 and written.obs["cell_type"].nunique() == 10
+    assert np.all(written.X.data > 0) and np.all(written.X.data == np.round(written.X.data))  # thinned counts
+    monkeypatch.setattr(_novelty, "NEIGHBOURHOOD_FIT_CELLS", 300)
+    rows = {}
+    for fit in memory.FITS:
+        memory._child(str(query), fit, "cell_type")
+        rows[fit] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    chance = 0.1  # ten types of 60 cells each
+    assert rows["every_cell"]["same_type_neighbours"] > 5 * chance
+    assert rows["sample"]["same_type_neighbours"] > 5 * chance

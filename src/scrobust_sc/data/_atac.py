@@ -215,14 +215,38 @@ def lsi(matrix, *others, n_components: int = 50, seed: int = 0) -> list[np.ndarr
     >>> train.shape, bool(np.allclose(np.linalg.norm(test, axis=1), 1.0))
     ((50, 5), True)
     """
+    svd = fit_lsi(matrix, n_components=n_components, seed=seed)
+    return [lsi_transform(svd, m) for m in (matrix, *others)]
+
+
+def fit_lsi(matrix, *, n_components: int = 50, seed: int = 0):
+    """The truncated SVD of :func:`lsi`, fitted on ``matrix``; ``None`` when it is too small for two components.
+
+    Examples
+    --------
+    >>> import scipy.sparse as sp
+    >>> x = sp.random(60, 40, density=0.2, format="csr", random_state=0)
+    >>> lsi_transform(fit_lsi(x, n_components=5), x[:3]).shape
+    (3, 5)
+    """
     from sklearn.decomposition import TruncatedSVD
 
     k = min(n_components + 1, matrix.shape[1] - 1, matrix.shape[0] - 1)
     if k < 2:
-        return [np.zeros((m.shape[0], 0)) for m in (matrix, *others)]
-    svd = TruncatedSVD(k, random_state=seed).fit(matrix)
-    out = []
-    for m in (matrix, *others):
-        z = svd.transform(m)[:, 1:]
-        out.append(z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12))
-    return out
+        return None
+    return TruncatedSVD(k, random_state=seed).fit(matrix)
+
+
+def lsi_transform(svd, matrix) -> np.ndarray:
+    """``matrix`` projected by :func:`fit_lsi`'s SVD: the first component dropped, unit rows.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> lsi_transform(None, np.ones((2, 3))).shape  # an SVD too small to fit: no components
+    (2, 0)
+    """
+    if svd is None:
+        return np.zeros((matrix.shape[0], 0))
+    z = svd.transform(matrix)[:, 1:]
+    return z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)

@@ -16,7 +16,15 @@ import logging
 import numpy as np
 from scipy import sparse
 
-from scrobust_sc.data._atac import _idf_of_counts, _top_counts_mask, lsi, peak_cell_counts, tfidf_matrix
+from scrobust_sc.data._atac import (
+    _idf_of_counts,
+    _top_counts_mask,
+    fit_lsi,
+    lsi,
+    lsi_transform,
+    peak_cell_counts,
+    tfidf_matrix,
+)
 from scrobust_sc.data._ranking import (
     _row_chunks,
     log_normalized_block,
@@ -41,6 +49,11 @@ NEIGHBOURHOOD_PEAKS = 20000
 MIN_CELLS_PER_NEIGHBOR = 10
 #: Exact neighbours below this many cells, pynndescent above (as scanpy).
 EXACT_NEIGHBORS_LIMIT = 8192
+#: A larger query's PCA (or LSI) is fitted on a seeded sample of this many cells and every
+#: cell is projected on it chunk by chunk, so that the memory of the fit stops growing with
+#: the query (the fit holds the sample's non-zeros of the chosen genes and arpack's
+#: Lanczos vectors, about 0.5 KB a cell, where the projections hold 120 bytes).
+NEIGHBOURHOOD_FIT_CELLS = 100_000
 
 
 def neighbourhood_genes(matrix, *, input_is_log: bool, n_genes: int = NEIGHBOURHOOD_GENES) -> np.ndarray:
@@ -63,12 +76,20 @@ def neighbourhood_genes(matrix, *, input_is_log: bool, n_genes: int = NEIGHBOURH
 
 
 def expression_pcs(
-    matrix, *, input_is_log: bool, n_genes: int = NEIGHBOURHOOD_GENES, n_pcs: int = NEIGHBOURHOOD_PCS, seed: int = 0
+    matrix,
+    *,
+    input_is_log: bool,
+    n_genes: int = NEIGHBOURHOOD_GENES,
+    n_pcs: int = NEIGHBOURHOOD_PCS,
+    seed: int = 0,
+    max_fit_cells: int | None = NEIGHBOURHOOD_FIT_CELLS,
 ) -> np.ndarray:
     """Principal components of ``log1p`` counts per 10,000 over the data's most variable genes.
 
     The genes are :func:`neighbourhood_genes`. Read chunk by chunk: only the chosen genes'
-    non-zeros are held at once.
+    non-zeros are held at once. With more than ``max_fit_cells`` cells the PCA is fitted on
+    a seeded sample of that many (:func:`fit_sample`) and every cell is projected on it,
+    chunk by chunk; ``None`` fits on every cell.
 
     Examples
     --------
@@ -76,31 +97,79 @@ def expression_pcs(
     >>> counts = np.random.default_rng(0).poisson(1.0, size=(40, 30))
     >>> expression_pcs(counts, input_is_log=False, n_genes=20, n_pcs=5).shape
     (40, 5)
+    >>> expression_pcs(counts, input_is_log=False, n_genes=20, n_pcs=5, max_fit_cells=20).shape
+    (40, 5)
     """
     from sklearn.decomposition import PCA
 
     genes = neighbourhood_genes(matrix, input_is_log=input_is_log, n_genes=n_genes)
-    blocks = [
-        log_normalized_block(block, input_is_log=input_is_log)[:, genes].astype(np.float32)
-        for block in _row_chunks(matrix)
-    ]
-    values = sparse.vstack(blocks, format="csr") if blocks else sparse.csr_matrix((0, genes.size), dtype=np.float32)
+
+    def features(block):
+        return log_normalized_block(block, input_is_log=input_is_log)[:, genes].astype(np.float32)
+
+    sample = fit_sample(matrix.shape[0], max_fit_cells, seed=seed)
+    values = _stacked_rows(matrix, features, genes.size, rows=sample)
     n_components = min(n_pcs, values.shape[0] - 1, values.shape[1] - 1)
     if n_components < 1:
-        return np.zeros((values.shape[0], 0), dtype=np.float32)
+        return np.zeros((matrix.shape[0], 0), dtype=np.float32)
     pca = PCA(n_components=n_components, svd_solver="arpack", random_state=seed)
-    return pca.fit_transform(values).astype(np.float32)
+    if sample is None:
+        return pca.fit_transform(values).astype(np.float32)
+    pca.fit(values)
+    del values
+    return np.vstack([pca.transform(features(block)).astype(np.float32) for block in _row_chunks(matrix)])
+
+
+def fit_sample(n_cells: int, max_cells: int | None, *, seed: int = 0) -> np.ndarray | None:
+    """Sorted positions of a seeded sample of ``max_cells`` cells, or ``None`` when every cell fits.
+
+    Examples
+    --------
+    >>> fit_sample(10, 20) is None, fit_sample(10, None) is None
+    (True, True)
+    >>> fit_sample(10, 4, seed=0).size
+    4
+    """
+    if max_cells is not None and (isinstance(max_cells, bool) or int(max_cells) != max_cells or max_cells < 2):
+        raise ValueError(f"max_fit_cells must be a whole number of at least 2 or None, not {max_cells!r}.")
+    if max_cells is None or n_cells <= max_cells:
+        return None
+    return np.sort(np.random.default_rng(seed).choice(n_cells, int(max_cells), replace=False))
+
+
+def _stacked_rows(matrix, features, n_features: int, *, rows: np.ndarray | None = None) -> sparse.csr_matrix:
+    """``features`` of ``matrix``'s rows (all, or the sorted positions ``rows``), read chunk by chunk, stacked."""
+    blocks, start = [], 0
+    for block in _row_chunks(matrix):
+        stop = start + block.shape[0]
+        if rows is None:
+            blocks.append(features(block))
+        else:
+            keep = rows[(rows >= start) & (rows < stop)] - start
+            if keep.size:
+                blocks.append(features(block[keep]))
+        start = stop
+    if not blocks:
+        return sparse.csr_matrix((0, n_features), dtype=np.float32)
+    return sparse.vstack(blocks, format="csr")
 
 
 def peak_lsi(
-    matrix, *, n_peaks: int = NEIGHBOURHOOD_PEAKS, n_components: int = NEIGHBOURHOOD_PCS, seed: int = 0
+    matrix,
+    *,
+    n_peaks: int = NEIGHBOURHOOD_PEAKS,
+    n_components: int = NEIGHBOURHOOD_PCS,
+    seed: int = 0,
+    max_fit_cells: int | None = NEIGHBOURHOOD_FIT_CELLS,
 ) -> np.ndarray:
     """LSI of a peak matrix's TF-IDF over its ``n_peaks`` most often accessible peaks.
 
     The scATAC counterpart of :func:`expression_pcs`: TF-IDF of the binarised counts
     (:func:`~scrobust_sc.data.tfidf_matrix`, the inverse document frequency of the whole
     matrix), then :func:`~scrobust_sc.data.lsi` (first component dropped, unit rows). Two
-    passes, chunk by chunk: only the chosen peaks' non-zeros are held at once.
+    passes, chunk by chunk: only the chosen peaks' non-zeros are held at once. With more
+    than ``max_fit_cells`` cells the SVD is fitted on a seeded sample of that many and
+    every cell is projected on it, chunk by chunk.
 
     Examples
     --------
@@ -108,19 +177,37 @@ def peak_lsi(
     >>> peaks = np.random.default_rng(0).binomial(1, 0.2, size=(40, 30))
     >>> peak_lsi(peaks, n_peaks=20, n_components=5).shape
     (40, 5)
+    >>> peak_lsi(peaks, n_peaks=20, n_components=5, max_fit_cells=20).shape
+    (40, 5)
     """
     counts = peak_cell_counts(matrix)  # one pass for the peaks and their IDF, one for the TF-IDF
     keep = np.flatnonzero(_top_counts_mask(counts, n_top=n_peaks))
     idf = _idf_of_counts(matrix.shape[0], counts[keep])
-    blocks = [tfidf_matrix(block[:, keep], idf) for block in _row_chunks(matrix)]
-    values = sparse.vstack(blocks, format="csr") if blocks else sparse.csr_matrix((0, keep.size), dtype=np.float32)
-    return lsi(values, n_components=n_components, seed=seed)[0].astype(np.float32)
+
+    def features(block):
+        return tfidf_matrix(block[:, keep], idf)
+
+    sample = fit_sample(matrix.shape[0], max_fit_cells, seed=seed)
+    values = _stacked_rows(matrix, features, keep.size, rows=sample)
+    if sample is None:
+        return lsi(values, n_components=n_components, seed=seed)[0].astype(np.float32)
+    svd = fit_lsi(values, n_components=n_components, seed=seed)
+    del values
+    return np.vstack([lsi_transform(svd, features(block)).astype(np.float32) for block in _row_chunks(matrix)])
 
 
-def neighbourhood_space(matrix, *, input_is_log: bool, modality: str = "rna", seed: int = 0) -> np.ndarray:
+def neighbourhood_space(
+    matrix,
+    *,
+    input_is_log: bool,
+    modality: str = "rna",
+    seed: int = 0,
+    max_fit_cells: int | None = NEIGHBOURHOOD_FIT_CELLS,
+) -> np.ndarray:
     """The data's own space whose nearest cells form a neighbourhood: PCA of genes, LSI of peaks.
 
-    :func:`expression_pcs` for ``modality="rna"``, :func:`peak_lsi` for ``"atac"``.
+    :func:`expression_pcs` for ``modality="rna"``, :func:`peak_lsi` for ``"atac"``, fitted on
+    at most ``max_fit_cells`` cells.
 
     Examples
     --------
@@ -130,10 +217,10 @@ def neighbourhood_space(matrix, *, input_is_log: bool, modality: str = "rna", se
     (60, 30)
     """
     if modality == "atac":
-        return peak_lsi(matrix, seed=seed)
+        return peak_lsi(matrix, seed=seed, max_fit_cells=max_fit_cells)
     if modality != "rna":
         raise ValueError(f"modality must be 'rna' or 'atac', not {modality!r}.")
-    return expression_pcs(matrix, input_is_log=input_is_log, seed=seed)
+    return expression_pcs(matrix, input_is_log=input_is_log, seed=seed, max_fit_cells=max_fit_cells)
 
 
 def nearest_cells(points: np.ndarray, n_neighbors: int, *, seed: int = 0) -> np.ndarray:
@@ -184,13 +271,15 @@ def neighbourhood_novelty(
     n_neighbors: int = DEFAULT_NOVELTY_NEIGHBORS,
     modality: str = "rna",
     seed: int = 0,
+    max_fit_cells: int | None = NEIGHBOURHOOD_FIT_CELLS,
 ) -> np.ndarray:
     """The median novelty of each cell's ``n_neighbors`` nearest cells in ``matrix``'s expression space.
 
     ``matrix`` holds the same cells' counts (or log-normalised values when
     ``input_is_log``), or their peak counts for ``modality="atac"``; the space is the PCA
     of its most variable genes (:func:`expression_pcs`) or the LSI of its peaks
-    (:func:`peak_lsi`), so it is the data's own structure, not the model's. With
+    (:func:`peak_lsi`), fitted on at most ``max_fit_cells`` cells (a seeded sample of a
+    larger query, every cell projected), so it is the data's own structure, not the model's. With
     fewer than :data:`MIN_CELLS_PER_NEIGHBOR` times ``n_neighbors`` cells, too few for a
     PCA to find reliable neighbourhoods, each cell's own novelty is returned (logged).
 
@@ -220,7 +309,9 @@ def neighbourhood_novelty(
             MIN_CELLS_PER_NEIGHBOR * n_neighbors,
         )
         return novelty.copy()
-    pcs = neighbourhood_space(matrix, input_is_log=input_is_log, modality=modality, seed=seed)
+    pcs = neighbourhood_space(
+        matrix, input_is_log=input_is_log, modality=modality, seed=seed, max_fit_cells=max_fit_cells
+    )
     if pcs.shape[1] == 0:
         return novelty.copy()
     return neighbourhood_median(novelty, nearest_cells(pcs, n_neighbors, seed=seed))
