@@ -233,3 +233,37 @@ def test_an_interrupted_checkpoint_write_keeps_the_previous_checkpoint(tmp_path,
     assert target.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == [CHECKPOINT_FILE]  # no temporary file left
     assert io.load_checkpoint(target)["epoch"] == 1
+
+
+def test_interrupted_pretraining_with_a_step_budget_resumes_to_the_uninterrupted_result(cells, tmp_path):
+    """``max_steps`` (the docs' own example), not only ``max_epochs``: found by the stop-35 review."""
+    steps = {"max_steps": 12, "batch_size": 16, **QUIET}  # 4 steps an epoch: 3 epochs
+    reference = _fresh(cells, labels=False)
+    reference.pretrain(**steps)
+    interrupted = _fresh(cells, labels=False)
+    interrupted.pretrain(checkpoint_dir=tmp_path, callbacks=[CtrlCAt(2)], **steps)
+    resumed = _fresh(cells, labels=False)
+    resumed.pretrain(checkpoint_dir=tmp_path, resume=True, **steps)
+    _assert_same_weights(resumed, reference)
+    _assert_same_history(resumed, reference)
+
+
+def test_resuming_with_another_model_is_refused(cells, stopped):
+    scvi.settings.seed = 0
+    a = cells.copy()
+    SCRobust.setup_anndata(a, labels_key="cell_type")
+    other = SCRobust(a, **{**TINY, "d_model": 16})
+    with pytest.raises(ValueError, match=r"other settings \(model.d_model: 32 -> 16\)"):
+        other.train(checkpoint_dir=stopped, resume=True, **FINE_TUNE)
+
+
+def test_a_temporary_file_left_by_a_kill_is_removed_by_the_next_write(tmp_path):
+    """A real SIGKILL mid-write cannot clean up after itself: the next write into the folder does."""
+    io = SafeCheckpointIO()
+    target = tmp_path / CHECKPOINT_FILE
+    stale = tmp_path / f".{CHECKPOINT_FILE}.x1y2z3.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    other = tmp_path / "notes.tmp"  # not ours: kept
+    other.write_text("mine")
+    io.save_checkpoint({"state_dict": {"w": torch.ones(3)}, "epoch": 1}, target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([CHECKPOINT_FILE, "notes.tmp"])

@@ -99,3 +99,14 @@ def test_a_model_saved_before_the_energy_novelty_keeps_the_distance_rule():
     novelty = model.predict_novelty(cells)
     assert np.isfinite(novelty).all()
     assert np.array_equal(model.predict(cells, novelty_threshold=1.0) == "Unknown", novelty > 1.0)
+
+
+def test_temporary_files_left_by_a_killed_save_are_removed_by_the_next_save(small_pbmc, tmp_path):
+    SCRobust.setup_anndata(small_pbmc)
+    model = SCRobust(small_pbmc, **TINY)
+    folder = tmp_path / "model"
+    folder.mkdir()
+    for name in (".model.safetensors.abc123.tmp", ".model.json.def456.tmp"):
+        (folder / name).write_bytes(b"half a file")
+    model.save(folder, overwrite=True)
+    assert sorted(p.name for p in folder.iterdir()) == ["model.json", "model.safetensors"]

@@ -418,3 +418,157 @@ def test_label_colours_are_dropped_when_the_labels_change(small_pbmc, counts_mod
         allowed_labels=list(counts_model.cell_types_)[:2],
     )
     assert "scrobust_label_colors" not in query.uns
+
+
+# ---- found by the stop-35 review of reliability.md's promises ------------------------------------
+def _registrations(model) -> int:
+    return len(model._per_instance_manager_store.get(model.id, {}))
+
+
+def test_calls_on_a_query_keep_no_copy_of_it_alive(small_pbmc, counts_model):
+    """Each call on a query aligned a copy that scvi-tools' registry kept: memory grew call by call."""
+    query = small_pbmc[:, ::-1].copy()  # another gene order: every call aligns a copy
+    before = _registrations(counts_model)
+    for _ in range(3):
+        counts_model.predict(query)
+        counts_model.predict_proba(query)
+        counts_model.predict_novelty(query)
+        counts_model.get_latent_representation(query)
+    scrobust.tl.annotate(query, model=counts_model)
+    assert _registrations(counts_model) <= before + 1
+
+
+def test_an_aligned_query_is_not_written_into(small_pbmc, counts_model):
+    aligned, _ = counts_model.align_query(small_pbmc[:, ::-1].copy())
+    obs_columns, uns_keys = list(aligned.obs.columns), set(aligned.uns)
+    expected = counts_model.get_latent_representation(small_pbmc)
+    np.testing.assert_allclose(counts_model.get_latent_representation(aligned), expected, rtol=1e-5, atol=1e-6)
+    counts_model.predict(aligned)
+    assert list(aligned.obs.columns) == obs_columns and set(aligned.uns) == uns_keys
+
+
+def test_pretraining_too_few_cells_for_a_validation_cell_runs_without_validation(small_pbmc, seeded):
+    """8 cells at validation_size=0.1 give no validation cell: Lightning was asked for a loader that did not exist."""
+    adata = small_pbmc[:8].copy()
+    scrobust.SCRobust.setup_anndata(adata)
+    model = scrobust.SCRobust(adata, **TINY)
+    model.pretrain(max_steps=2, batch_size=4, **QUIET)
+    assert model.history["contrastive_loss_train"].notna().to_numpy().any()
+
+
+def test_markers_of_a_backed_dense_query_equal_those_in_memory(small_pbmc, counts_model, tmp_path):
+    dense = small_pbmc.copy()
+    dense.X = dense.X.toarray()
+    dense.write_h5ad(tmp_path / "dense.h5ad")
+    backed = ad.read_h5ad(tmp_path / "dense.h5ad", backed="r")
+    scrobust.tl.marker_genes(dense, counts_model, groupby="cell_type", n_genes=5)
+    scrobust.tl.marker_genes(backed, counts_model, groupby="cell_type", n_genes=5)
+    expected, got = dense.uns["scrobust_markers"], backed.uns["scrobust_markers"]
+    for group in expected["names"].dtype.names:
+        np.testing.assert_array_equal(got["names"][group], expected["names"][group])
+        np.testing.assert_allclose(got["logfoldchanges"][group], expected["logfoldchanges"][group], rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["dense", "csr_matrix", "csr_array"])
+def test_the_fix_named_for_nan_values_works_on_every_matrix_type(small_pbmc, kind):
+    import re
+
+    import scipy.sparse as sp
+
+    adata = small_pbmc.copy()
+    dense = adata.X.toarray().astype(np.float32)
+    dense[3, 5] = np.nan
+    adata.X = {"dense": dense, "csr_matrix": sp.csr_matrix(dense), "csr_array": sp.csr_array(dense)}[kind]
+    with pytest.raises(ValueError, match="NaN or infinite") as error:
+        scrobust.SCRobust.setup_anndata(adata)
+    fix = re.search(r"`(adata = adata\[.*?\.copy\(\))`", str(error.value)).group(1)
+    namespace = {"adata": adata, "np": np}
+    exec(fix, namespace)
+    assert namespace["adata"].n_obs == small_pbmc.n_obs - 1
+    scrobust.SCRobust.setup_anndata(namespace["adata"])
+
+
+def _with_symbols(adata, duplicate: bool):
+    out = adata.copy()
+    symbols = out.var_names.astype(str).to_numpy().copy()
+    if duplicate:
+        symbols[1] = symbols[0]
+    out.var["symbol"] = symbols
+    out.var_names = [f"ENSG{i:011d}" for i in range(out.n_vars)]
+    return out
+
+
+def test_duplicated_symbols_are_blamed_on_their_column_with_a_fix_that_works(small_pbmc):
+    import re
+
+    adata = _with_symbols(small_pbmc, duplicate=True)
+    with pytest.raises(ValueError, match=r"adata.var\['symbol'\] contains 1 duplicated gene names") as error:
+        scrobust.SCRobust.setup_anndata(adata, gene_symbols="symbol")
+    fix = re.search(r"`(adata\.var\['symbol'\] = .*?)`", str(error.value)).group(1)
+    exec(fix, {"adata": adata, "ad": ad, "pd": __import__("pandas")})
+    scrobust.SCRobust.setup_anndata(adata, gene_symbols="symbol")
+
+
+def test_a_query_with_duplicated_symbols_is_blamed_on_their_column(small_pbmc, counts_model):
+    query = _with_symbols(small_pbmc, duplicate=True)
+    with pytest.raises(ValueError, match=r"adata.var\['symbol'\] contains 1 duplicated gene names"):
+        counts_model.align_query(query, gene_symbols="symbol")
+
+
+def test_a_query_without_x_is_told_the_route_that_reads_a_layer(small_pbmc, counts_model):
+    query = ad.AnnData(obs=small_pbmc.obs, var=small_pbmc.var, layers={"counts": small_pbmc.X})
+    with pytest.raises(ValueError, match=r"tl.annotate\(adata, model=model, layer="):
+        counts_model.predict(query)
+    scrobust.tl.annotate(query, model=counts_model, layer="counts")  # the route the message names works
+
+
+def test_ensembl_ids_with_version_suffixes_are_told_to_strip_them(small_pbmc, seeded):
+    reference = _with_symbols(small_pbmc, duplicate=False)
+    model = scrobust.tl.fit_annotator(reference, "cell_type", **FIT)
+    query = reference.copy()
+    query.var_names = [f"{g}.7" for g in reference.var_names]
+    with pytest.raises(ValueError, match="version suffix") as error:
+        model.predict(query)
+    assert "str.replace" in str(error.value)
+
+
+@pytest.mark.parametrize("labels", ["int", "bool"])
+def test_numeric_labels_at_setup_are_refused_with_the_fix_and_nothing_written(small_pbmc, labels):
+    adata = small_pbmc.copy()
+    codes = adata.obs["cell_type"].cat.codes.to_numpy()
+    adata.obs["group"] = codes.astype(np.int64) if labels == "int" else codes % 2 == 0
+    columns = list(adata.obs.columns)
+    with pytest.raises(ValueError, match=r"adata.obs\['group'\] holds .*labels must be text.*astype\(str\)"):
+        scrobust.SCRobust.setup_anndata(adata, labels_key="group")
+    assert list(adata.obs.columns) == columns and "_scvi_uuid" not in adata.uns
+    adata.obs["group"] = adata.obs["group"].astype(str)  # the fix the message names
+    scrobust.SCRobust.setup_anndata(adata, labels_key="group")
+
+
+def test_a_batch_column_with_missing_values_is_refused_with_the_fix(small_pbmc):
+    adata = small_pbmc.copy()
+    adata.obs["sample"] = np.where(np.arange(adata.n_obs) % 3 == 0, None, "s1")
+    with pytest.raises(ValueError, match=r"adata.obs\['sample'\] has \d+ missing values"):
+        scrobust.SCRobust.setup_anndata(adata, batch_key="sample")
+    assert "_scvi_uuid" not in adata.uns
+
+
+def test_ctrl_c_stops_the_one_call_wrappers_and_is_recorded_by_the_model(small_pbmc, seeded):
+    """The model's methods return after Ctrl+C (a session keeps its model); tl.annotate must not go on."""
+    from .test_checkpoint import CtrlCAt
+
+    stop = {"callbacks": [CtrlCAt(0)], "max_steps": 20, **QUIET}
+    with pytest.raises(KeyboardInterrupt, match="Pre-training was interrupted"):
+        scrobust.tl.fit_annotator(small_pbmc, "cell_type", model_kwargs=TINY, pretrain_kwargs=stop)
+    query = small_pbmc.copy()
+    with pytest.raises(KeyboardInterrupt, match="Pre-training was interrupted"):
+        scrobust.tl.annotate(query, labels_key="cell_type", model_kwargs=TINY, pretrain_kwargs=stop)
+    assert "scrobust_label" not in query.obs
+    adata = small_pbmc.copy()
+    scrobust.SCRobust.setup_anndata(adata)
+    model = scrobust.SCRobust(adata, **TINY)
+    assert model.interrupted_ is False
+    model.pretrain(**stop)
+    assert model.interrupted_ is True
+    model.pretrain(max_steps=2, **QUIET)
+    assert model.interrupted_ is False

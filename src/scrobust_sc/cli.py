@@ -111,6 +111,7 @@ def _setup(args) -> dict:
 
 def _cmd_pretrain(args) -> None:
     from scrobust_sc.model import SCRobust
+    from scrobust_sc.tl._annotate import _stop_if_interrupted
 
     _check_model_folder(args)
     adata = _read(args.data)
@@ -120,6 +121,7 @@ def _cmd_pretrain(args) -> None:
     )
     model = SCRobust(adata, preset=args.preset)
     model.pretrain(max_steps=args.max_steps, batch_size=args.batch_size, **_quiet_lightning(args.verbose))
+    _stop_if_interrupted(model, "Pre-training")  # nothing saved after Ctrl+C
     model.save(args.out, overwrite=args.overwrite)
     logger.info("saved model to %s", args.out)
 

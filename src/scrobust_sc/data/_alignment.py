@@ -17,6 +17,8 @@ from ._validation import check_gene_names
 logger = logging.getLogger("scrobust_sc")
 
 _ENSEMBL = re.compile(r"^ENS[A-Z]*G\d{6,}")
+#: An Ensembl ID's version suffix (``ENSG00000141510.17``).
+_VERSION_SUFFIX = r"(?<=\d)[.]\d+$"
 
 #: Below this share of the model's genes found in a query, alignment is refused.
 MIN_GENE_OVERLAP = 0.01
@@ -69,11 +71,17 @@ def query_gene_names(adata: ad.AnnData, gene_symbols: str | None) -> pd.Index:
 
 
 def match_genes(
-    query_names: pd.Index, model_genes: pd.Index, *, min_overlap: float = MIN_GENE_OVERLAP, features: str = "genes"
+    query_names: pd.Index,
+    model_genes: pd.Index,
+    *,
+    min_overlap: float = MIN_GENE_OVERLAP,
+    features: str = "genes",
+    column: str | None = None,
 ):
     """Position of each model gene in the query (``-1`` when missing) and a report.
 
-    ``features="peaks"`` words the no-overlap error for scATAC peaks.
+    ``features="peaks"`` words the no-overlap error for scATAC peaks; ``column`` is the
+    ``var`` column the query's names come from, if any (named in errors).
 
     Examples
     --------
@@ -82,7 +90,7 @@ def match_genes(
     >>> pos.tolist(), rep.n_found
     ([1, 0, -1], 2)
     """
-    check_gene_names(query_names, where="the query's gene names")
+    check_gene_names(query_names, where="the query's gene names", column=column)
     position = query_names.get_indexer(model_genes)
     found = position >= 0
     report = GeneAlignment(len(model_genes), int(found.sum()), list(model_genes[~found]))
@@ -95,8 +103,8 @@ def match_genes(
             "peaks) so that both share them."
         )
     if too_few:
-        hint = ""
-        if looks_like_ensembl(query_names) != looks_like_ensembl(model_genes):
+        hint = _version_suffix_hint(query_names, model_genes)
+        if not hint and looks_like_ensembl(query_names) != looks_like_ensembl(model_genes):
             hint = (
                 " The query's genes look like Ensembl IDs and the model's do not (or the reverse): pass "
                 "`gene_symbols='<var column with symbols>'` (to `SCRobust.setup_anndata` for training data, to "
@@ -109,6 +117,26 @@ def match_genes(
             "in case."
         )
     return position, report
+
+
+def _version_suffix_hint(query_names: pd.Index, model_genes: pd.Index) -> str:
+    """A fix when the names match once Ensembl version suffixes (``ENSG....7``) are dropped; else ``""``."""
+    query, model = pd.Index(query_names.astype(str)), pd.Index(model_genes.astype(str))
+    bare_query, bare_model = (
+        query.str.replace(_VERSION_SUFFIX, "", regex=True),
+        model.str.replace(_VERSION_SUFFIX, "", regex=True),
+    )
+    if (bare_query.get_indexer(bare_model) >= 0).sum() <= len(model) / 2:
+        return ""
+    if not bare_query.equals(query):
+        return (
+            " The query's Ensembl IDs carry a version suffix (e.g. '.7') that the model's do not: strip it "
+            "(`adata.var_names = adata.var_names.str.replace(r'[.][0-9]+$', '', regex=True)`)."
+        )
+    return (
+        " The model's Ensembl IDs carry a version suffix (e.g. '.7') that the query's do not: give the query "
+        "the same versioned IDs, or train the model on unversioned ones."
+    )
 
 
 def reindex_matrix(matrix, position: np.ndarray):
@@ -188,10 +216,16 @@ def align_to_genes(
         raise ValueError(f"The query AnnData has no cells ({adata.n_obs} cells x {adata.n_vars} genes).")
     features = "genes" if names is None else "peaks"  # names are given for peaks (canonical peak names)
     names = query_gene_names(adata, gene_symbols) if names is None else pd.Index(names)
-    position, report = match_genes(names, model_genes, features=features)
+    position, report = match_genes(
+        names, model_genes, features=features, column=gene_symbols if features == "genes" else None
+    )
     matrix = adata.X if layer is None else _layer(adata, layer)
     if matrix is None:
-        raise ValueError("adata.X is empty: pass the layer that holds the counts with `layer=`.")
+        raise ValueError(
+            "adata.X is empty: the model reads the counts from X, or from the layer it was set up with. "
+            "Annotate from a layer with `scrobust.tl.annotate(adata, model=model, layer='<layer>')`, or put the "
+            "counts in X (`adata.X = adata.layers['<layer>']`) before calling the model's methods."
+        )
     if adata.isbacked:  # read from disk once; a sparse matrix stays sparse, a dense one is checked against the budget
         matrix = matrix_in_memory(matrix, what="Reading the backed (on-disk) dense query matrix into memory")
     if not np.array_equal(position, np.arange(len(model_genes))) or len(names) != len(model_genes):

@@ -58,7 +58,9 @@ def check_finite_nonnegative(matrix, *, where: str = "the expression matrix") ->
         if n_bad:
             raise ValueError(
                 f"{where} contains {n_bad} NaN or infinite values. Fix or remove them first, e.g. "
-                "`adata = adata[np.isfinite(adata.X.sum(1)).A1]` or replace them with 0."
+                "drop the cells that hold them: `adata = adata[np.isfinite(np.asarray(adata.X.sum(axis=1))).ravel()]"
+                ".copy()` (with `adata.layers[...]` in place of `adata.X` when the counts are in a layer), or "
+                "replace them with 0."
             )
     n_neg = int((values < 0).sum())
     if n_neg:
@@ -123,25 +125,39 @@ def detect_input_kind(matrix, *, is_log_normalized: bool | None = None, where: s
     return False
 
 
-def check_gene_names(names: pd.Index, *, where: str = "adata.var_names", peaks: bool = False) -> None:
+def check_gene_names(
+    names: pd.Index, *, where: str = "adata.var_names", peaks: bool = False, column: str | None = None
+) -> None:
     """Raise ``ValueError`` for duplicated or missing gene (or, with ``peaks``, peak) names.
+
+    ``column``: the names come from ``adata.var[column]`` (``gene_symbols=``), which the
+    message then names, with a fix for that column.
 
     Examples
     --------
     >>> import pandas as pd
     >>> check_gene_names(pd.Index(["CD3E", "MS4A1"]))
     """
+    if column is not None:
+        where = f"adata.var[{column!r}]"
     if names.isna().any():
         raise ValueError(f"{where} contains missing gene names. Give every gene a name.")
     duplicated = names[names.duplicated()].unique()
     if len(duplicated):
         shown = ", ".join(map(str, duplicated[:5]))
-        fix = (
-            "sum the duplicates' counts, or keep one of each (`adata = adata[:, ~adata.var_names.duplicated()]"
-            ".copy()`; renaming them would break their chr:start-end names)"
-            if peaks
-            else "call `adata.var_names_make_unique()` or aggregate the duplicates first"
-        )
+        if peaks:
+            fix = (
+                "sum the duplicates' counts, or keep one of each (`adata = adata[:, ~adata.var_names.duplicated()]"
+                ".copy()`; renaming them would break their chr:start-end names)"
+            )
+        elif column is not None:
+            fix = (
+                f"make the column unique (`adata.var[{column!r}] = ad.utils.make_index_unique("
+                f"pd.Index(adata.var[{column!r}].astype(str)))`, with `import anndata as ad, pandas as pd`) "
+                "or aggregate the duplicates first"
+            )
+        else:
+            fix = "call `adata.var_names_make_unique()` or aggregate the duplicates first"
         what = "duplicated peaks" if peaks else "duplicated gene names"
         raise ValueError(
             f"{where} contains {len(duplicated)} {what} ({shown}...). They are tokens and must be unique: {fix}."

@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 
-from scrobust_sc.train._checkpoint import history_from_json, history_to_json
+from scrobust_sc.train._checkpoint import history_from_json, history_to_json, remove_stale_temporaries
 
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "model.json"
@@ -62,6 +62,7 @@ def _sha256(path: Path) -> str:
 
 def _staged_file(target: Path, write) -> Path:
     """``write`` into a temporary file beside ``target`` (removed if anything fails); its path."""
+    remove_stale_temporaries(target)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     try:

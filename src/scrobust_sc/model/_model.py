@@ -148,6 +148,34 @@ def finetune_epochs(n_cells: int, batch_size: int, *, drop_last: bool) -> int:
     return max(DEFAULT_FINETUNE_EPOCHS, math.ceil(MIN_FINETUNE_STEPS / steps_per_epoch))
 
 
+def _check_text_column(adata: ad.AnnData, key: str | None, what: str) -> None:
+    """Refuse an ``obs`` column of numbers or booleans as labels or batches (scvi-tools maps text)."""
+    if key is None:
+        return
+    column = adata.obs[key]
+    values = column.cat.categories if isinstance(column.dtype, pd.CategoricalDtype) else column
+    if pd.api.types.is_numeric_dtype(values.dtype) or pd.api.types.is_bool_dtype(values.dtype):
+        raise ValueError(
+            f"adata.obs[{key!r}] holds {values.dtype} values, but {what} must be text: convert the column, e.g. "
+            f"`adata.obs[{key!r}] = adata.obs[{key!r}].astype(str)` (`scrobust.tl.annotate` does this itself)."
+        )
+
+
+def _registration_copy(adata: ad.AnnData) -> ad.AnnData:
+    """A new AnnData sharing ``adata``'s matrices, with its own ``obs``, ``var`` and ``uns``.
+
+    scvi-tools' registration writes into ``obs`` and ``uns``; registering this copy leaves
+    the user's AnnData as it was without copying its counts.
+    """
+    return ad.AnnData(
+        X=adata.X,
+        obs=adata.obs.copy(),
+        var=adata.var.copy(),
+        layers={k: adata.layers[k] for k in adata.layers},
+        uns=dict(adata.uns),
+    )
+
+
 def _backed_view_in_file(view: ad.AnnData) -> tuple[ad.AnnData, np.ndarray, np.ndarray | None]:
     """The backed file under a view, the view's rows in it, and its genes (``None``: all, in order)."""
     whole = ad.read_h5ad(view.filename, backed="r")
@@ -352,6 +380,8 @@ class SCRobust(BaseModelClass):
         if idf is not None:
             self.module.idf.copy_(torch.as_tensor(idf, dtype=torch.float32))
         self.train_params_: dict = {}
+        #: Whether the last ``pretrain`` or ``train`` was stopped by Ctrl+C (the model keeps its weights).
+        self.interrupted_ = False
         self._model_summary_string = (
             f"SCRobust: d_model {sizes['d_model']}, {sizes['n_heads']} heads, {sizes['n_layers']} layer(s), "
             f"{n_genes} {'peaks' if modality == 'atac' else 'genes'}, views of {n_view_genes}, "
@@ -493,10 +523,17 @@ class SCRobust(BaseModelClass):
             check_gene_names(peak_names(adata, gene_symbols), where="the peak names", peaks=True)
         else:
             resolved = detect_input_kind(matrix, is_log_normalized=is_log_normalized, where=where)
-            check_gene_names(query_gene_names(adata, gene_symbols))
+            check_gene_names(query_gene_names(adata, gene_symbols), column=gene_symbols)
         for key in (batch_key, labels_key):
             if key is not None and key not in adata.obs.columns:
                 raise ValueError(f"{key!r} is not a column of adata.obs (columns: {list(adata.obs.columns)}).")
+        _check_text_column(adata, labels_key, "labels")
+        _check_text_column(adata, batch_key, "batches")
+        if batch_key is not None and int(adata.obs[batch_key].isna().sum()):
+            raise ValueError(
+                f"adata.obs[{batch_key!r}] has {int(adata.obs[batch_key].isna().sum())} missing values: every cell "
+                "needs a batch. Fill them, e.g. `adata.obs[key] = adata.obs[key].astype(object).fillna('unknown')`."
+            )
         if labels_key is not None:
             n_missing = int(adata.obs[labels_key].isna().sum())
             if n_missing:
@@ -540,11 +577,23 @@ class SCRobust(BaseModelClass):
             if self.adata is None:
                 raise ValueError("This model has no AnnData attached (it was loaded without one): pass `adata=`.")
             return super()._validate_anndata(None, copy_if_view)
-        if adata is self.adata or self._is_aligned(adata):
+        if adata is self.adata or self._registered_here(adata):
             return super()._validate_anndata(adata, copy_if_view)
-        aligned, report = self.align_query(adata, keep_labels=keep_labels)
-        self.last_alignment_ = report.as_dict()
+        if self._is_aligned(adata):  # the user's align_query result: registered on a light copy
+            aligned = _registration_copy(adata)
+        else:
+            aligned, report = self.align_query(adata, keep_labels=keep_labels)
+            self.last_alignment_ = report.as_dict()
+        self._forget_queries()  # scvi-tools' registry keeps every registered AnnData alive
         return super()._validate_anndata(aligned, copy_if_view)
+
+    def _registered_here(self, adata: ad.AnnData) -> bool:
+        """Whether ``adata`` is itself a query copy this model registered (and has not forgotten yet).
+
+        By identity: a user's copy of a registered AnnData carries its identifier too.
+        """
+        manager = self._per_instance_manager_store.get(self.id, {}).get(adata.uns.get(_SCVI_UUID_KEY))
+        return manager is not None and manager.adata is adata
 
     def _is_aligned(self, adata: ad.AnnData) -> bool:
         """Whether ``adata`` was made by :meth:`align_query` for this model's genes."""
@@ -654,7 +703,16 @@ class SCRobust(BaseModelClass):
         else:
             splitter = self._data_splitter_cls(self.adata_manager, external_indexing=list(indices), **splitter_kwargs)
         trainer_kwargs = dict(trainer_kwargs)
-        no_validation = not validation_size if indices is None else len(indices[1]) == 0
+        if indices is None:  # scvi-tools' splitter rounds the validation share down
+            no_validation = math.floor(validation_size * self.adata.n_obs) == 0 if validation_size else True
+            if no_validation and validation_size:
+                logger.info(
+                    "%d cells are too few for a validation share of %s: training without validation.",
+                    self.adata.n_obs,
+                    validation_size,
+                )
+        else:
+            no_validation = len(indices[1]) == 0
         if no_validation:  # the splitter gives no validation loader: Lightning must not ask for one
             trainer_kwargs.update(limit_val_batches=0, num_sanity_val_steps=0)
         trainer_kwargs.setdefault("early_stopping", False)
@@ -664,8 +722,11 @@ class SCRobust(BaseModelClass):
         if settings.num_threads is not None:
             torch.set_num_threads(settings.num_threads)
         interrupt = InterruptRecorder()
+        self.interrupted_ = False
         trainer_kwargs["callbacks"] = [*(trainer_kwargs.get("callbacks") or []), interrupt]
         if checkpoint_dir is not None or resume:
+            model_settings = {**self.init_params_.get("non_kwargs", {}), **self.init_params_.get("kwargs", {})}
+            run_settings = {**run_settings, **{f"model.{k}": v for k, v in model_settings.items()}}
             saver, ckpt_path = prepare_checkpointing(
                 self, checkpoint_dir, resume=resume, stage=stage, run_settings=run_settings
             )
@@ -695,6 +756,7 @@ class SCRobust(BaseModelClass):
                 raise
             self.module.eval()
             self.is_trained_ = True
+            self.interrupted_ = True
             logger.warning(
                 "Training interrupted (Ctrl+C) during epoch %d: the model keeps %s.",
                 interrupt.epoch + 1,
@@ -1113,17 +1175,18 @@ class SCRobust(BaseModelClass):
         if adata is not None and adata.isbacked and adata is not self.adata:
             yield from self._backed_batches(adata, indices, batch_size)
             return
-        adata = self._validate_anndata(adata)
-        n_cells = adata.n_obs if indices is None else len(indices)
+        validated = self._validate_anndata(adata)
+        made_here = adata is not None and validated is not adata and adata is not self.adata
+        n_cells = validated.n_obs if indices is None else len(indices)
         self._check_batch_budget(min(batch_size, max(n_cells, 1)))
-        loader = self._make_data_loader(adata=adata, indices=indices, batch_size=batch_size)
+        loader = self._make_data_loader(adata=validated, indices=indices, batch_size=batch_size)
         self.module.eval()
         try:
             for tensors in loader:
                 yield {k: v.to(self.device) for k, v in tensors.items()}
         finally:
-            if transient:
-                self._forget_anndata(adata)
+            if transient or made_here:  # the aligned copy made for this call is not kept alive
+                self._forget_anndata(validated)
 
     def _forget_anndata(self, adata: ad.AnnData) -> None:
         """Drop scvi-tools' registration of ``adata`` (it keeps every validated AnnData alive).
@@ -1136,6 +1199,14 @@ class SCRobust(BaseModelClass):
             return
         self._per_instance_manager_store.get(self.id, {}).pop(uuid, None)
         self._setup_adata_manager_store.pop(uuid, None)
+
+    def _forget_queries(self) -> None:
+        """Drop scvi-tools' registrations of every query copy; the model's own AnnData stays."""
+        for uuid in list(self._per_instance_manager_store.get(self.id, {})):
+            own = self.adata_manager.adata_uuid if self.adata_manager is not None else None
+            if uuid != own:
+                self._per_instance_manager_store[self.id].pop(uuid, None)
+                self._setup_adata_manager_store.pop(uuid, None)
 
     def _backed_batches(self, adata: ad.AnnData, indices, batch_size: int):
         """Mini-batches of a backed AnnData, read from disk :data:`BACKED_CHUNK_CELLS` cells at a time.

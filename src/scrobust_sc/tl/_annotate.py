@@ -264,8 +264,20 @@ def fit_annotator(
     model = SCRobust(work, **(model_kwargs or {}))
     if pretrain:
         model.pretrain(**(pretrain_kwargs or {}))
+        _stop_if_interrupted(model, "Pre-training")
     model.train(**(train_kwargs or {}))
+    _stop_if_interrupted(model, "Fine-tuning")
     return model
+
+
+def _stop_if_interrupted(model, stage: str) -> None:
+    """Ctrl+C during a stage stops the one-call path (the model's own methods return instead)."""
+    if model.interrupted_:
+        raise KeyboardInterrupt(
+            f"{stage} was interrupted (Ctrl+C): stopped before going on with a half-trained model. To keep a "
+            "half-trained model, or to resume from a checkpoint, use the model's pretrain/train methods "
+            "(docs/reliability.md, 'Interrupted training and resuming')."
+        )
 
 
 def write_annotation(

@@ -11,6 +11,7 @@ from scipy import sparse
 
 from scrobust_sc._constants import TARGET_SUM
 from scrobust_sc.data._peaks import peak_names
+from scrobust_sc.data._ranking import _row_chunks
 from scrobust_sc.data._validation import check_whole_number
 from scrobust_sc.model._attention import _group_codes, gene_attention
 
@@ -62,13 +63,18 @@ def _log_fold_changes(
     matrix = adata.layers[layer] if layer is not None and layer in adata.layers else adata.X
     markers = pd.unique(top_names.ravel())
     marker_cols = adata.var_names.get_indexer(markers)
-    values = sparse.csr_matrix(matrix[:, marker_cols], dtype=np.float64)
+    model_cols = adata.var_names.get_indexer(model_var_names)
+    blocks, libraries = [], []
+    for block in _row_chunks(matrix):  # row chunks: a backed matrix is read, never densified whole
+        blocks.append(sparse.csr_matrix(block[:, marker_cols], dtype=np.float64))
+        libraries.append(np.asarray(block[:, model_cols].sum(axis=1)).ravel())
+    values = sparse.vstack(blocks, format="csr") if blocks else sparse.csr_matrix((0, markers.size))
     if getattr(model, "modality", "rna") == "atac":  # share of cells where the peak is accessible
         values.data = (values.data > 0).astype(np.float64)
     elif model._setup_args.get("is_log_normalized"):
         values.data = np.expm1(values.data)
     else:
-        library = np.asarray(matrix[:, adata.var_names.get_indexer(model_var_names)].sum(axis=1)).ravel()
+        library = np.concatenate(libraries) if libraries else np.zeros(0)
         values = sparse.diags(TARGET_SUM / np.clip(library, 1e-8, None)) @ values
     codes, _ = _group_codes(groups, adata.n_obs)
     n_groups = int(codes.max()) + 1

@@ -32,6 +32,20 @@ logger = logging.getLogger("scrobust_sc")
 CHECKPOINT_FILE = "last.ckpt"
 
 
+def remove_stale_temporaries(target: Path) -> None:
+    """Delete the temporary files an earlier write of ``target`` left beside it (``.<name>.*.tmp``).
+
+    A write goes to such a file and is renamed over ``target``; a process killed
+    (``SIGKILL``) mid-write cannot remove it, so the next write into the folder does.
+
+    Examples
+    --------
+    >>> remove_stale_temporaries(Path("checkpoints") / "last.ckpt")  # doctest: +SKIP
+    """
+    for stale in Path(target).parent.glob(f".{Path(target).name}.*.tmp"):
+        stale.unlink(missing_ok=True)
+
+
 class SafeCheckpointIO(TorchCheckpointIO):
     """Lightning checkpoint I/O: atomic writes, and loads that never unpickle objects."""
 
@@ -39,6 +53,7 @@ class SafeCheckpointIO(TorchCheckpointIO):
         """Write ``checkpoint`` to a temporary file next to ``path``, then rename it over ``path``."""
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(target)
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
         os.close(fd)
         try:
@@ -202,6 +217,9 @@ class EpochCheckpoint(Callback):
         self._epoch_history = _epoch_history(trainer)
         trainer.save_checkpoint(self.path)
 
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        mark_epoch_complete(checkpoint.get("loops", {}).get("fit_loop", {}))
+
     def state_dict(self) -> dict:
         return {
             "stage": self.stage,
@@ -243,6 +261,50 @@ class EpochCheckpoint(Callback):
         # draws the same numbers as after the uninterrupted run.
         if self._rng_at_resume is not None:
             restore_rng(self._rng_at_resume)
+
+
+def mark_epoch_complete(fit_loop: dict) -> None:
+    """Make a fit loop's saved state read as "between two epochs", in place.
+
+    The checkpoint is written inside an epoch's end: its batches and validation are done,
+    and Lightning counts the epoch complete (and starts the next epoch's counters) only
+    after that hook. A run with a step budget (``max_steps``) is always resumed as
+    "restarting", and from the state as saved Lightning replayed the epoch's end, counted
+    the epoch twice, and found the next epoch's batches already done: it stopped an epoch
+    early. Resuming from the state this function leaves starts the next epoch afresh, as a
+    run with an epoch budget does.
+
+    Examples
+    --------
+    >>> loop = {
+    ...     "epoch_progress": {"current": {"ready": 2, "started": 2, "processed": 2, "completed": 1}},
+    ...     "epoch_loop.batch_progress": {"current": {"ready": 4, "completed": 4}, "is_last_batch": True},
+    ... }
+    >>> mark_epoch_complete(loop)
+    >>> loop["epoch_progress"]["current"]["completed"], loop["epoch_loop.batch_progress"]
+    (2, {'current': {'ready': 0, 'completed': 0}, 'is_last_batch': False})
+    """
+    progress = fit_loop.get("epoch_progress", {})
+    trackers = [t for t in (progress.get("total"), progress.get("current")) if t is not None]
+    if not trackers or any(t.get("completed") != t.get("processed", 0) - 1 for t in trackers):
+        return  # not saved inside an epoch's end
+    for tracker in trackers:
+        tracker["completed"] = tracker["processed"]
+    for key, state in fit_loop.items():  # the finished epoch's counters restart at the next epoch
+        if key.startswith("epoch_loop.") and isinstance(state, dict):
+            _zero_current(state)
+
+
+def _zero_current(state: dict) -> None:
+    """Zero every ``current`` counter below ``state`` (totals stay) and clear ``is_last_batch``."""
+    for key, value in state.items():
+        if key == "current" and isinstance(value, dict):
+            for name in value:
+                value[name] = 0
+        elif key == "is_last_batch":
+            state[key] = False
+        elif isinstance(value, dict):
+            _zero_current(value)
 
 
 def describe_mismatch(saved: dict, current: dict) -> list[str]:
