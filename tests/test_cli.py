@@ -333,3 +333,41 @@ def test_cli_creates_the_csv_folder_and_reads_the_query_layer(tmp_path):
         ad.read_h5ad(out).obsm["scrobust_probabilities"], expected.to_numpy(), rtol=1e-5, atol=1e-6
     )
     assert main([*argv, "--layer", "missing"]) == 2
+
+
+@pytest.mark.parametrize("flags", [["--pretrain-on-query"], ["--max-epochs", "3"], ["--max-steps", "7"]])
+def test_cli_annotate_with_a_saved_model_refuses_training_options(files, capsys, flags):
+    """Found by the stop-35 docs review: they were accepted and silently ignored (the model is not trained)."""
+    model = files / "m"
+    assert (
+        main(
+            [
+                "train",
+                "--reference",
+                str(files / "ref.h5ad"),
+                "--labels-key",
+                "cell_type",
+                "--out",
+                str(model),
+                "--max-steps",
+                "0",
+                "--max-epochs",
+                "1",
+            ]
+        )
+        == 0
+    )
+    argv = ["annotate", "--model", str(model), "--query", str(files / "query.h5ad"), "--out", str(files / "a.h5ad")]
+    assert main([*argv, *flags]) == 2
+    assert "not trained again" in capsys.readouterr().err
+    assert not (files / "a.h5ad").exists()
+
+
+def test_cli_predict_offers_no_training_or_overwrite_options(capsys):
+    parser = build_parser()
+    base = ["predict", "--model", "m", "--query", "q.h5ad", "--out", "o.h5ad"]
+    parser.parse_args(base)  # valid without them
+    for flag in (["--preset", "cpu"], ["--max-steps", "3"], ["--atac-values", "binary"], ["--overwrite"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args([*base, *flag])
+    assert "--overwrite" not in build_parser().parse_args(["annotate", "--query", "q", "--out", "o"]).__dict__

@@ -572,3 +572,97 @@ def test_ctrl_c_stops_the_one_call_wrappers_and_is_recorded_by_the_model(small_p
     assert model.interrupted_ is True
     model.pretrain(max_steps=2, **QUIET)
     assert model.interrupted_ is False
+
+
+# ---- found by the stop-35 review of the code against METHOD.md -----------------------------------
+def _log_normalised(adata, target_sum):
+    out = adata.copy()
+    out.X = out.X.astype(np.float32)
+    sc.pp.normalize_total(out, target_sum=target_sum)
+    sc.pp.log1p(out)
+    return out
+
+
+def test_log_normalised_input_of_any_library_size_reads_as_its_counts(small_pbmc, seeded):
+    """scanpy's default normalize_total scales to the median library, not 10,000: the same cell must read the same."""
+    from scrobust_sc.data import log_normalized_moments
+
+    at_10k = _log_normalised(small_pbmc, 1e4)
+    at_median = _log_normalised(small_pbmc, None)  # scanpy's default
+    assert not np.allclose(at_10k.X.toarray(), at_median.X.toarray())
+    scrobust.SCRobust.setup_anndata(at_10k)
+    model = scrobust.SCRobust(at_10k, **TINY)
+    np.testing.assert_allclose(
+        model.get_latent_representation(at_median), model.get_latent_representation(at_10k), rtol=1e-4, atol=1e-5
+    )
+    for got, expected in zip(
+        log_normalized_moments(at_median.X, input_is_log=True),
+        log_normalized_moments(at_10k.X, input_is_log=True),
+        strict=True,
+    ):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-8)
+    counts = small_pbmc.copy()
+    scrobust.SCRobust.setup_anndata(counts)
+    from_counts = scrobust.SCRobust(counts, **TINY)
+    np.testing.assert_allclose(
+        from_counts.module.hvg_score.numpy(), model.module.hvg_score.numpy(), rtol=1e-4, atol=1e-6
+    )  # the gene statistics of log input at any scale are those of its counts
+
+
+def test_a_query_of_lower_case_genes_gets_the_no_overlap_message(counts_model, small_pbmc):
+    """Clone names such as RP11-34P13.4 collide once a version-like suffix is dropped: the hint must not fail."""
+    query = small_pbmc.copy()
+    query.var_names = [g.lower() for g in query.var_names]
+    with pytest.raises(ValueError, match="genes are in the query"):
+        counts_model.predict(query)
+    import pandas as pd
+
+    from scrobust_sc.data._alignment import _version_suffix_hint
+
+    names = pd.Index(["RP11-1.4", "RP11-1.5", "ENSG00000000001.7"])
+    assert _version_suffix_hint(names, pd.Index(["RP11-1", "ENSG00000000001", "X"])) != ""
+
+
+@pytest.mark.parametrize("missing", [None, ""])
+def test_missing_or_empty_gene_names_are_refused(small_pbmc, missing):
+    adata = small_pbmc.copy()
+    names = adata.var_names.astype(object).to_numpy().copy()
+    names[0] = missing
+    adata.var_names = names
+    with pytest.raises(ValueError, match="missing gene names"):
+        scrobust.SCRobust.setup_anndata(adata)
+    symbols = small_pbmc.copy()
+    symbols.var["sym"] = names
+    with pytest.raises(ValueError, match="missing gene names"):
+        scrobust.SCRobust.setup_anndata(symbols, gene_symbols="sym")
+
+
+def test_a_matrix_storing_an_entry_twice_ranks_genes_as_its_sum(small_pbmc):
+    """A CSR matrix may store one cell/gene entry as 1 + 2; its statistics must be those of the 3 it means."""
+    import scipy.sparse as sp
+
+    from scrobust_sc.data import expressed_fraction, log_normalized_moments
+
+    canonical = sp.csr_matrix(small_pbmc.X, dtype=np.float32)
+    data, indices = [], []
+    for r in range(canonical.shape[0]):  # each entry stored twice in its row: x - floor(x/2), then floor(x/2)
+        row = slice(canonical.indptr[r], canonical.indptr[r + 1])
+        half = np.floor(canonical.data[row] / 2)
+        data += [canonical.data[row] - half, half]
+        indices += [canonical.indices[row], canonical.indices[row]]
+    stored = sp.csr_matrix((np.concatenate(data), np.concatenate(indices), 2 * canonical.indptr), shape=canonical.shape)
+    assert stored.nnz == 2 * canonical.nnz and np.array_equal(stored.toarray(), canonical.toarray())
+    np.testing.assert_allclose(expressed_fraction(stored), expressed_fraction(canonical))
+    for got, expected in zip(
+        log_normalized_moments(stored, input_is_log=False),
+        log_normalized_moments(canonical, input_is_log=False),
+        strict=True,
+    ):
+        np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+def test_a_query_too_small_for_neighbourhoods_records_each_cells_own_novelty(small_pbmc, counts_model):
+    query = small_pbmc[:120].copy()  # under 10 neighbourhoods of 15: each cell's own novelty is read
+    scrobust.tl.annotate(query, model=counts_model)
+    assert query.uns["scrobust"]["params"]["novelty_neighbors"] is None
+    assert "scrobust_cell_novelty" not in query.obs

@@ -158,6 +158,10 @@ def _cmd_annotate(args) -> None:
         raise CLIError("--pretrain-on-query trains on the query, which needs it in memory: drop --backed")
     if args.model and args.reference:
         raise CLIError("give --model or --reference, not both: a saved model is not trained again")
+    if args.model:
+        given = [flag for key, (flag, default) in TRAINING_OPTIONS.items() if getattr(args, key, default) != default]
+        if given:
+            raise CLIError(f"{', '.join(given)} train a model, and a saved --model is not trained again: drop them")
     _check_outputs(args, args.query)
     query = _read(args.query, backed=args.backed)
     quiet = _quiet_lightning(args.verbose)
@@ -207,8 +211,19 @@ def _cmd_embed(args) -> None:
 
 
 def _cmd_predict(args) -> None:
-    args.reference = args.labels_key = None
+    args.reference = args.labels_key = args.max_steps = args.max_epochs = None
+    args.pretrain_on_query = False
     _cmd_annotate(args)
+
+
+#: ``annotate``'s options that train a model, which ``--model`` (a saved model) never does.
+TRAINING_OPTIONS = {
+    "pretrain_on_query": ("--pretrain-on-query", False),
+    "max_epochs": ("--max-epochs", None),
+    "max_steps": ("--max-steps", None),
+    "preset": ("--preset", "cpu"),
+    "atac_values": ("--atac-values", "binary"),
+}
 
 
 def _cmd_benchmark(args) -> None:
@@ -276,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def common(p, *, model=False):
+    def common(p, *, model=False, saves_model=True):
         p.add_argument("--layer", default=None, help="layer holding raw counts (default: X)")
         if model:
             p.add_argument("--preset", default="cpu", choices=["cpu", "paper"], help="model size")
@@ -285,7 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
                 "--modality", default=None, choices=["rna", "atac"], help="rna (default) or atac: peaks as tokens"
             )
             p.add_argument("--atac-values", default="binary", choices=["binary", "tfidf"], help="atac peak values")
-        p.add_argument("--overwrite", action="store_true", help="replace an existing output model")
+        if saves_model:
+            p.add_argument("--overwrite", action="store_true", help="replace an existing output model")
 
     p = sub.add_parser("pretrain", help="self-supervised pre-training; saves a model folder")
     p.add_argument("data", help="input .h5ad")
@@ -336,7 +352,11 @@ def build_parser() -> argparse.ArgumentParser:
             help="read novelty as the median over each cell's nearest cells of the query, this many "
             "(0: each cell's own novelty)",
         )
-        common(p, model=True)
+        if name == "predict":  # a saved model: nothing to train, so no training options
+            p.add_argument(
+                "--modality", default=None, choices=["rna", "atac"], help="the query's modality (default: the model's)"
+            )
+        common(p, model=name == "annotate", saves_model=False)
         p.set_defaults(func=_cmd_annotate if name == "annotate" else _cmd_predict)
 
     p = sub.add_parser("embed", help="write cell embeddings (obsm['X_scrobust'])")

@@ -59,15 +59,27 @@ def looks_like_ensembl(names) -> bool:
     return bool(names) and sum(bool(_ENSEMBL.match(n)) for n in names) > len(names) / 2
 
 
+#: Gene names that are missing values turned into text (anndata stores a ``None`` name as "None").
+MISSING_NAMES = ("", "nan", "NaN", "None", "<NA>")
+
+
 def query_gene_names(adata: ad.AnnData, gene_symbols: str | None) -> pd.Index:
-    """The gene names of ``adata``: ``var_names`` or the ``var`` column ``gene_symbols``."""
+    """The gene names of ``adata``: ``var_names`` or the ``var`` column ``gene_symbols``.
+
+    Missing names (NaN, or text such as ``"nan"``, ``"None"`` or ``""``) come back as NaN,
+    which :func:`~scrobust_sc.data.check_gene_names` refuses.
+    """
     if gene_symbols is None:
-        return pd.Index(adata.var_names.astype(str))
-    if gene_symbols not in adata.var.columns:
+        raw = pd.Index(adata.var_names)
+    elif gene_symbols not in adata.var.columns:
         raise ValueError(
             f"gene_symbols={gene_symbols!r} is not a column of adata.var (columns: {list(adata.var.columns)})."
         )
-    return pd.Index(adata.var[gene_symbols].astype(str))
+    else:
+        raw = pd.Index(adata.var[gene_symbols])
+    names = pd.Index(raw.astype(str))
+    missing = np.asarray(raw.isna()) | np.asarray(names.str.strip().isin(MISSING_NAMES))
+    return names.where(~missing, np.nan) if missing.any() else names
 
 
 def match_genes(
@@ -126,7 +138,7 @@ def _version_suffix_hint(query_names: pd.Index, model_genes: pd.Index) -> str:
         query.str.replace(_VERSION_SUFFIX, "", regex=True),
         model.str.replace(_VERSION_SUFFIX, "", regex=True),
     )
-    if (bare_query.get_indexer(bare_model) >= 0).sum() <= len(model) / 2:
+    if bare_model.isin(bare_query).sum() <= len(model) / 2:  # stripped names need not be unique
         return ""
     if not bare_query.equals(query):
         return (

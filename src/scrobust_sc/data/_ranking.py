@@ -17,7 +17,11 @@ def _row_chunks(matrix, chunk: int = CHUNK_CELLS):
     for start in range(0, matrix.shape[0], chunk):
         block = matrix[start : start + chunk]
         if sparse.issparse(block):
-            yield block.tocsr()
+            block = block.tocsr()
+            if not block.has_canonical_format:  # an entry stored twice (1 + 2) means their sum (3)
+                block = block.copy()
+                block.sum_duplicates()
+            yield block
         else:
             block = np.asarray(block)
             yield sparse.csr_matrix(block.astype(np.float32) if block.dtype == np.float16 else block)
@@ -81,8 +85,25 @@ def per_10k(block) -> sparse.csr_matrix:
     return sparse.csr_matrix(sparse.diags(TARGET_SUM / library) @ block)
 
 
+def per_10k_of_log(block) -> sparse.csr_matrix:
+    """Log-normalised values read back as values per 10,000: ``expm1``, then each row scaled to 10,000.
+
+    ``log1p(normalize_total(x))`` at any library size (scanpy's default is the median
+    library, not 10,000) comes back as the counts per 10,000 it was made from.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> per_10k_of_log(np.log1p(np.array([[100.0, 300.0]]))).toarray().round(6).tolist()
+    [[2500.0, 7500.0]]
+    """
+    block = sparse.csr_matrix(block, dtype=np.float64, copy=True)
+    block.data = np.expm1(block.data)
+    return per_10k(block)
+
+
 def log_normalized_block(block, *, input_is_log: bool) -> sparse.csr_matrix:
-    """``log1p`` of counts per 10,000 as float64 CSR; log-normalised input as it is.
+    """``log1p`` of counts per 10,000 as float64 CSR; log-normalised input brought to that scale.
 
     Examples
     --------
@@ -90,10 +111,7 @@ def log_normalized_block(block, *, input_is_log: bool) -> sparse.csr_matrix:
     >>> log_normalized_block(np.array([[1.0, 1.0]]), input_is_log=False).toarray().round(3).tolist()
     [[8.517, 8.517]]
     """
-    block = sparse.csr_matrix(block, dtype=np.float64)
-    if input_is_log:
-        return block
-    block = per_10k(block)
+    block = per_10k_of_log(block) if input_is_log else per_10k(sparse.csr_matrix(block, dtype=np.float64))
     block.data = np.log1p(block.data)
     return block
 
@@ -167,7 +185,8 @@ def inverse_std(var: np.ndarray, *, min_std: float = MIN_STD) -> np.ndarray:
 def normalized_moments(matrix, *, input_is_log: bool) -> tuple[np.ndarray, np.ndarray]:
     """Per-gene mean and sample variance (``ddof=1``) of counts per 10,000, never densifying.
 
-    Log-normalised input is read back with ``expm1``, as Seurat's dispersion does.
+    Log-normalised input is read back with ``expm1``, as Seurat's dispersion does, and
+    brought to 10,000 per cell (:func:`per_10k_of_log`).
 
     Examples
     --------
@@ -178,11 +197,7 @@ def normalized_moments(matrix, *, input_is_log: bool) -> tuple[np.ndarray, np.nd
     """
 
     def normalized(block):
-        if not input_is_log:
-            return per_10k(block)
-        block = sparse.csr_matrix(block)
-        block.data = np.expm1(block.data)
-        return block
+        return per_10k_of_log(block) if input_is_log else per_10k(block)
 
     mean, var = column_moments(matrix, normalized)
     n = matrix.shape[0]

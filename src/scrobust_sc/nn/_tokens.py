@@ -20,7 +20,9 @@ def normalize_batch(x: torch.Tensor, *, input_is_log: bool, target_sum: float = 
     x
         ``(B, G)`` raw counts, or ``log1p`` of normalised counts when ``input_is_log``.
     input_is_log
-        Whether ``x`` is already ``log1p(normalize_total(counts))``.
+        Whether ``x`` is already ``log1p(normalize_total(counts))``, at any library size
+        (scanpy's default is the median library): ``expm1`` of it is rescaled to
+        ``target_sum``, as counts are.
     target_sum
         Library size after normalisation.
 
@@ -34,8 +36,8 @@ def normalize_batch(x: torch.Tensor, *, input_is_log: bool, target_sum: float = 
     >>> normalize_batch(torch.tensor([[1.0, 3.0]]), input_is_log=False)
     tensor([[2500., 7500.]])
     """
-    if input_is_log:
-        return torch.expm1(x)
+    if input_is_log:  # back to normalised values, brought to target_sum whatever size they were scaled to
+        x = torch.expm1(x)
     library = x.sum(dim=1, keepdim=True).clamp_min(1e-8)
     return x / library * target_sum
 

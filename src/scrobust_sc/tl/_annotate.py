@@ -19,7 +19,7 @@ from scrobust_sc.data._validation import check_finite_nonnegative, detect_input_
 from scrobust_sc.model._model import restrict_labels
 
 from ._labels import write_label_column
-from ._novelty import DEFAULT_NOVELTY_NEIGHBORS, neighbourhood_novelty
+from ._novelty import DEFAULT_NOVELTY_NEIGHBORS, MIN_CELLS_PER_NEIGHBOR, neighbourhood_novelty
 
 logger = logging.getLogger("scrobust_sc")
 
@@ -158,6 +158,15 @@ def novelty_over_neighbourhoods(model, adata: ad.AnnData, novelty: np.ndarray, n
     >>> smoothed = novelty_over_neighbourhoods(model, query, model.predict_novelty(query), 15)  # doctest: +SKIP
     """
     if n_neighbors is None or model.modality != "rna":
+        return None
+    if novelty.shape[0] < MIN_CELLS_PER_NEIGHBOR * int(n_neighbors) or int(n_neighbors) == 1:
+        if int(n_neighbors) > 1:  # too few cells for reliable neighbourhoods: each cell's own, recorded as such
+            logger.info(
+                "Novelty of each cell alone: %d cells are too few for neighbourhoods of %d (at least %d needed).",
+                novelty.shape[0],
+                int(n_neighbors),
+                MIN_CELLS_PER_NEIGHBOR * int(n_neighbors),
+            )
         return None
     return neighbourhood_novelty(
         novelty,

@@ -55,8 +55,8 @@ def _log_fold_changes(
 ) -> np.ndarray:
     """log2 fold change of mean normalised expression, group vs rest, of each group's markers.
 
-    Normalised as the model does: counts scaled to ``TARGET_SUM`` over the model's genes
-    (or ``expm1`` of log-normalised input), like scanpy's ``logfoldchanges``. For scATAC:
+    Normalised as the model does: counts (or ``expm1`` of log-normalised input) scaled to
+    ``TARGET_SUM`` over the model's genes, like scanpy's ``logfoldchanges``. For scATAC:
     the share of cells in which the peak is accessible.
     """
     layer = model._setup_args.get("layer")
@@ -64,15 +64,17 @@ def _log_fold_changes(
     markers = pd.unique(top_names.ravel())
     marker_cols = adata.var_names.get_indexer(markers)
     model_cols = adata.var_names.get_indexer(model_var_names)
+    is_log = model._setup_args.get("is_log_normalized") and getattr(model, "modality", "rna") != "atac"
     blocks, libraries = [], []
     for block in _row_chunks(matrix):  # row chunks: a backed matrix is read, never densified whole
+        if is_log:  # back to normalised values, whatever library size they were scaled to
+            block = sparse.csr_matrix(block, dtype=np.float64, copy=True)
+            block.data = np.expm1(block.data)
         blocks.append(sparse.csr_matrix(block[:, marker_cols], dtype=np.float64))
         libraries.append(np.asarray(block[:, model_cols].sum(axis=1)).ravel())
     values = sparse.vstack(blocks, format="csr") if blocks else sparse.csr_matrix((0, markers.size))
     if getattr(model, "modality", "rna") == "atac":  # share of cells where the peak is accessible
         values.data = (values.data > 0).astype(np.float64)
-    elif model._setup_args.get("is_log_normalized"):
-        values.data = np.expm1(values.data)
     else:
         library = np.concatenate(libraries) if libraries else np.zeros(0)
         values = sparse.diags(TARGET_SUM / np.clip(library, 1e-8, None)) @ values
