@@ -108,25 +108,19 @@ def test_cli_bad_input_is_one_clear_line(files, capsys, argv, message):
     assert message in err[-1] and err[-1].startswith("scrobust ")
 
 
+def _tiny_model(files):
+    """A model folder trained by the CLI on ``files``'s reference in seconds (no pre-training, 1 epoch)."""
+    model = files / "m"
+    argv = ["train", "--reference", str(files / "ref.h5ad"), "--labels-key", "cell_type", "--out", str(model)]
+    assert main([*argv, "--max-steps", "0", "--max-epochs", "1"]) == 0
+    return model
+
+
 def test_cli_no_gene_overlap(files, small_pbmc, capsys):
     q = ad.read_h5ad(files / "query.h5ad")
     q.var_names = [f"X{i}" for i in range(q.n_vars)]
     q.write_h5ad(files / "bad.h5ad")
-    main(
-        [
-            "train",
-            "--reference",
-            str(files / "ref.h5ad"),
-            "--labels-key",
-            "cell_type",
-            "--out",
-            str(files / "m"),
-            "--max-steps",
-            "0",
-            "--max-epochs",
-            "1",
-        ]
-    )
+    _tiny_model(files)
     capsys.readouterr()
     assert (
         main(
@@ -338,25 +332,7 @@ def test_cli_creates_the_csv_folder_and_reads_the_query_layer(tmp_path):
 @pytest.mark.parametrize("flags", [["--pretrain-on-query"], ["--max-epochs", "3"], ["--max-steps", "7"]])
 def test_cli_annotate_with_a_saved_model_refuses_training_options(files, capsys, flags):
     """Found by the stop-35 docs review: they were accepted and silently ignored (the model is not trained)."""
-    model = files / "m"
-    assert (
-        main(
-            [
-                "train",
-                "--reference",
-                str(files / "ref.h5ad"),
-                "--labels-key",
-                "cell_type",
-                "--out",
-                str(model),
-                "--max-steps",
-                "0",
-                "--max-epochs",
-                "1",
-            ]
-        )
-        == 0
-    )
+    model = _tiny_model(files)
     argv = ["annotate", "--model", str(model), "--query", str(files / "query.h5ad"), "--out", str(files / "a.h5ad")]
     assert main([*argv, *flags]) == 2
     assert "not trained again" in capsys.readouterr().err
