@@ -22,11 +22,12 @@ from .conftest import QUIET, TINY, demo_subset
 matplotlib.use("Agg")
 
 SETS = {"b_cell": ["CD79A", "MS4A1", "CD79B"], "t_cell": ["CD3E", "CD3D", "IL7R"]}
+# 60 cells are too few for neighbourhoods: each cell's own novelty is read, and no
+# obs/scrobust_cell_novelty is written (tests/test_novelty.py checks it on a larger query)
 ANNOTATE_KEYS = {
     "obs/scrobust_label",
     "obs/scrobust_confidence",
     "obs/scrobust_novelty",
-    "obs/scrobust_cell_novelty",
     "obsm/scrobust_probabilities",
     "obsm/X_scrobust",
     "uns/scrobust",
