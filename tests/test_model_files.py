@@ -110,3 +110,17 @@ def test_temporary_files_left_by_a_killed_save_are_removed_by_the_next_save(smal
         (folder / name).write_bytes(b"half a file")
     model.save(folder, overwrite=True)
     assert sorted(p.name for p in folder.iterdir()) == ["model.json", "model.safetensors"]
+
+
+def test_an_edited_model_json_is_refused_with_the_reason(saved):
+    """Valid JSON that no longer matches the model (found by the stop-35 review): refused at load, named."""
+    import json
+
+    meta = json.loads((saved / "model.json").read_text())
+    shorter = {**meta, "gene_names": meta["gene_names"][:-1]}
+    (saved / "model.json").write_text(json.dumps(shorter))
+    with pytest.raises(ValueError, match=r"lists \d+ genes, but its registry was set up on \d+"):
+        SCRobust.load(saved)
+    (saved / "model.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "registry"}))
+    with pytest.raises(ValueError, match="lacks 'registry'"):
+        SCRobust.load(saved)

@@ -167,7 +167,22 @@ def load_model_files(dir_path: Path, *, expected_class: str) -> tuple[dict, dict
         state = load_file(str(weights_path))
     except Exception as err:  # safetensors raises its own error types
         raise ValueError(f"{weights_path} cannot be read as safetensors (corrupted?): {err}") from None
+    for key in ("registry", "attributes", "init_params", "gene_names"):
+        if key not in meta:
+            raise ValueError(f"{meta_path} lacks {key!r}: the file is incomplete or was edited. Save the model again.")
     meta["registry"] = _decode(meta["registry"])
     meta["attributes"] = _decode(meta["attributes"])
     meta["attributes"]["history_"] = history_from_json(meta.get("history", {}))
+    _check_gene_list(meta, meta_path)
     return meta, state
+
+
+def _check_gene_list(meta: dict, meta_path: Path) -> None:
+    """Refuse a ``model.json`` whose gene list no longer matches its registry (an edited file)."""
+    stats = meta["registry"].get("field_registries", {}).get("X", {}).get("summary_stats", {})
+    n_vars = stats.get("n_vars")
+    if n_vars is not None and len(meta["gene_names"]) != n_vars:
+        raise ValueError(
+            f"{meta_path} lists {len(meta['gene_names'])} genes, but its registry was set up on {n_vars}: the file "
+            "was edited or is corrupted (only the weights are checksummed). Save the model again."
+        )
