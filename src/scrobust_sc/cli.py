@@ -211,8 +211,7 @@ def _cmd_embed(args) -> None:
 
 
 def _cmd_predict(args) -> None:
-    args.reference = args.labels_key = args.max_steps = args.max_epochs = None
-    args.pretrain_on_query = False
+    args.reference = args.labels_key = None
     _cmd_annotate(args)
 
 

@@ -11,6 +11,8 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
+from scrobust_sc._constants import MISSING_AS_TEXT
+
 from ._memory import check_dense_budget, matrix_in_memory
 from ._validation import check_gene_names
 
@@ -59,8 +61,8 @@ def looks_like_ensembl(names) -> bool:
     return bool(names) and sum(bool(_ENSEMBL.match(n)) for n in names) > len(names) / 2
 
 
-#: Gene names that are missing values turned into text (anndata stores a ``None`` name as "None").
-MISSING_NAMES = ("", "nan", "NaN", "None", "<NA>")
+#: Gene names that stand for a missing one: empty, or a missing value turned into text.
+MISSING_NAMES = ("", *MISSING_AS_TEXT)
 
 
 def query_gene_names(adata: ad.AnnData, gene_symbols: str | None) -> pd.Index:

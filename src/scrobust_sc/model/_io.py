@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,8 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 
-from scrobust_sc.train._checkpoint import history_from_json, history_to_json, remove_stale_temporaries
+from scrobust_sc._files import staged_file
+from scrobust_sc.train._checkpoint import history_from_json, history_to_json
 
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "model.json"
@@ -60,22 +60,6 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _staged_file(target: Path, write) -> Path:
-    """``write`` into a temporary file beside ``target`` (removed if anything fails); its path."""
-    remove_stale_temporaries(target)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes owner-only files
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return Path(tmp)
-
-
 def refuse_saved_model(dir_path: Path, *, fix: str = "pass overwrite=True to replace it") -> None:
     """Raise ``FileExistsError`` when ``dir_path`` already holds a saved model (before any training, or at saving)."""
     if (dir_path / META_FILE).exists() or (dir_path / WEIGHTS_FILE).exists():
@@ -95,10 +79,10 @@ def save_model_files(model, dir_path: Path, *, overwrite: bool = False) -> None:
     state = {k: v.detach().cpu().contiguous() for k, v in model.module.state_dict().items()}
     # Both files are written and checksummed beside the old ones first, then renamed into place:
     # an interruption before the renames leaves the previous model whole.
-    staged_weights = _staged_file(weights_path, lambda tmp: save_file(state, tmp))
+    staged_weights = staged_file(weights_path, lambda tmp: save_file(state, tmp))
     try:
         meta_text = json.dumps(_metadata(model, _sha256(staged_weights)), indent=1)
-        staged_meta = _staged_file(meta_path, lambda tmp: Path(tmp).write_text(meta_text))
+        staged_meta = staged_file(meta_path, lambda tmp: Path(tmp).write_text(meta_text))
     except BaseException:
         staged_weights.unlink(missing_ok=True)
         raise

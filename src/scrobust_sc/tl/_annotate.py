@@ -11,7 +11,7 @@ import pandas as pd
 from scipy import sparse
 from scvi.data._constants import _SETUP_ARGS_KEY
 
-from scrobust_sc._constants import DEFAULT_KEY, EMBEDDING_KEY, UNKNOWN_LABEL
+from scrobust_sc._constants import DEFAULT_KEY, EMBEDDING_KEY, MISSING_AS_TEXT, UNKNOWN_LABEL
 from scrobust_sc.data._alignment import align_to_genes
 from scrobust_sc.data._memory import matrix_in_memory
 from scrobust_sc.data._peaks import peak_names
@@ -19,7 +19,7 @@ from scrobust_sc.data._validation import check_finite_nonnegative, detect_input_
 from scrobust_sc.model._model import restrict_labels
 
 from ._labels import write_label_column
-from ._novelty import DEFAULT_NOVELTY_NEIGHBORS, MIN_CELLS_PER_NEIGHBOR, neighbourhood_novelty
+from ._novelty import DEFAULT_NOVELTY_NEIGHBORS, neighbourhood_novelty, reads_neighbourhoods
 
 logger = logging.getLogger("scrobust_sc")
 
@@ -44,10 +44,6 @@ def _embedded_into(record) -> str | None:
     """The ``obsm`` key a ``tl.embed`` record in ``uns`` describes, or ``None``."""
     params = record.get("params") if isinstance(record, dict) else None
     return params.get("key_added") if isinstance(params, dict) else None
-
-
-#: Labels that are missing values turned into text (``astype(str)`` of NaN or None).
-MISSING_AS_TEXT = ("nan", "NaN", "None", "<NA>")
 
 
 def _warn_about_suspicious_labels(labels: pd.Series, labels_key: str) -> None:
@@ -159,15 +155,8 @@ def novelty_over_neighbourhoods(model, adata: ad.AnnData, novelty: np.ndarray, n
     """
     if n_neighbors is None or model.modality != "rna":
         return None
-    if novelty.shape[0] < MIN_CELLS_PER_NEIGHBOR * int(n_neighbors) or int(n_neighbors) == 1:
-        if int(n_neighbors) > 1:  # too few cells for reliable neighbourhoods: each cell's own, recorded as such
-            logger.info(
-                "Novelty of each cell alone: %d cells are too few for neighbourhoods of %d (at least %d needed).",
-                novelty.shape[0],
-                int(n_neighbors),
-                MIN_CELLS_PER_NEIGHBOR * int(n_neighbors),
-            )
-        return None
+    if not reads_neighbourhoods(novelty.shape[0], int(n_neighbors)):
+        return None  # each cell's own novelty, recorded as such
     return neighbourhood_novelty(
         novelty,
         _counts(adata, model.registry_[_SETUP_ARGS_KEY].get("layer")),
@@ -311,9 +300,10 @@ def write_annotation(
     labels = proba.columns.to_numpy()[values.argmax(axis=1)].astype(object)
     if unknown_threshold is not None:
         labels[confidence < unknown_threshold] = UNKNOWN_LABEL
-    novelty_columns = {f"{key_added}_novelty": novelty, f"{key_added}_cell_novelty": cell_novelty}
-    if novelty is None:
-        novelty_columns[f"{key_added}_cell_novelty"] = None
+    novelty_columns = {
+        f"{key_added}_novelty": novelty,
+        f"{key_added}_cell_novelty": cell_novelty if novelty is not None else None,
+    }
     for column, scores in novelty_columns.items():
         if scores is not None:
             target.obs[column] = np.asarray(scores).astype(np.float32)

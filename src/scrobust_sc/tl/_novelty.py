@@ -263,6 +263,30 @@ def neighbourhood_median(values: np.ndarray, neighbors: np.ndarray) -> np.ndarra
     return np.median(values[np.asarray(neighbors)], axis=1)
 
 
+def reads_neighbourhoods(n_cells: int, n_neighbors: int) -> bool:
+    """Whether ``n_cells`` are enough for neighbourhoods of ``n_neighbors`` (logged when they are not).
+
+    A neighbourhood of one is the cell itself; fewer than :data:`MIN_CELLS_PER_NEIGHBOR`
+    times ``n_neighbors`` cells are too few for a PCA to find reliable neighbourhoods.
+
+    Examples
+    --------
+    >>> reads_neighbourhoods(150, 15), reads_neighbourhoods(120, 15), reads_neighbourhoods(1000, 1)
+    (True, False, False)
+    """
+    if n_neighbors <= 1:
+        return False
+    if n_cells < MIN_CELLS_PER_NEIGHBOR * n_neighbors:
+        logger.info(
+            "Novelty of each cell alone: %d cells are too few for neighbourhoods of %d (at least %d needed).",
+            n_cells,
+            n_neighbors,
+            MIN_CELLS_PER_NEIGHBOR * n_neighbors,
+        )
+        return False
+    return True
+
+
 def neighbourhood_novelty(
     novelty: np.ndarray,
     matrix,
@@ -299,15 +323,7 @@ def neighbourhood_novelty(
         raise ValueError(f"{novelty.shape[0]} novelty scores for {matrix.shape[0]} cells.")
     if n_neighbors < 1:
         raise ValueError(f"n_neighbors must be at least 1, not {n_neighbors}.")
-    if n_neighbors == 1 or novelty.shape[0] < 2:
-        return novelty.copy()
-    if novelty.shape[0] < MIN_CELLS_PER_NEIGHBOR * n_neighbors:
-        logger.info(
-            "Novelty of each cell alone: %d cells are too few for neighbourhoods of %d (at least %d needed).",
-            novelty.shape[0],
-            n_neighbors,
-            MIN_CELLS_PER_NEIGHBOR * n_neighbors,
-        )
+    if not reads_neighbourhoods(novelty.shape[0], n_neighbors):
         return novelty.copy()
     pcs = neighbourhood_space(
         matrix, input_is_log=input_is_log, modality=modality, seed=seed, max_fit_cells=max_fit_cells

@@ -15,7 +15,6 @@ import logging
 import os
 import pickle
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -26,24 +25,12 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from scvi.train._trainrunner import _safe_load_logger_history
 
+from scrobust_sc._files import staged_file
+
 logger = logging.getLogger("scrobust_sc")
 
 #: Name of the resumable checkpoint inside ``checkpoint_dir``.
 CHECKPOINT_FILE = "last.ckpt"
-
-
-def remove_stale_temporaries(target: Path) -> None:
-    """Delete the temporary files an earlier write of ``target`` left beside it (``.<name>.*.tmp``).
-
-    A write goes to such a file and is renamed over ``target``; a process killed
-    (``SIGKILL``) mid-write cannot remove it, so the next write into the folder does.
-
-    Examples
-    --------
-    >>> remove_stale_temporaries(Path("checkpoints") / "last.ckpt")  # doctest: +SKIP
-    """
-    for stale in Path(target).parent.glob(f".{Path(target).name}.*.tmp"):
-        stale.unlink(missing_ok=True)
 
 
 class SafeCheckpointIO(TorchCheckpointIO):
@@ -53,15 +40,7 @@ class SafeCheckpointIO(TorchCheckpointIO):
         """Write ``checkpoint`` to a temporary file next to ``path``, then rename it over ``path``."""
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(target)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        os.close(fd)
-        try:
-            torch.save(checkpoint, tmp)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        os.replace(staged_file(target, lambda tmp: torch.save(checkpoint, tmp)), target)
 
     def load_checkpoint(self, path, map_location: Any | None = None, weights_only: bool | None = None) -> dict:
         """Read a checkpoint with ``torch.load(weights_only=True)`` whatever the caller asks."""
