@@ -9,13 +9,17 @@ peak measured in the same run.
     .venv/bin/python benchmarks/throughput.py --synthetic           # 5,000 x 20,000, 5% non-zeros
     .venv/bin/python benchmarks/throughput.py --compile --configs default   # torch.compile the encoder
     python benchmarks/throughput.py --accelerator gpu --bf16 --configs paper paper-large-batch  # a CUDA GPU
+    .venv/bin/python benchmarks/throughput.py --reference --configs paper   # the published encoder too
 
 Configurations: ``paper`` (d 512, 8 heads, 1 layer; views of 200 genes, batch 128;
 fine-tuning 800 genes, batch 64; embeddings of 1,000 genes) and ``default`` (the package
 defaults). The published implementation's figures on a machine like this one (from the
 issue, same sizes): pre-training 4.3 cells/s, fine-tuning 2.3 cells/s (peak RSS 10 GiB),
-embeddings 4.6 cells/s. ``paper-large-batch`` keeps the paper's model and gene counts with
-8x larger batches (pre-training 1,024, fine-tuning 512, embeddings 4,096), for GPUs.
+embeddings 4.6 cells/s. ``--reference`` also times, in the same run and on the same data,
+a re-implementation of the published encoder's costs (``published_reference.py``) for each
+``paper`` row, so that the speed-ups are ratios measured together. ``paper-large-batch``
+keeps the paper's model and gene counts with 8x larger batches (pre-training 1,024,
+fine-tuning 512, embeddings 4,096), for GPUs.
 
 On a GPU (``--accelerator gpu``) the matmul peak is an 8,192 x 8,192 product on the GPU,
 timings wait for the GPU to finish, and each row also gives the GPU's peak allocated memory.
@@ -268,6 +272,10 @@ def main() -> None:
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast")
     parser.add_argument("--compile", action="store_true", help="torch.compile the encoder (model.compile_encoder)")
     parser.add_argument("--accelerator", choices=["cpu", "gpu"], default="cpu", help="gpu: a CUDA GPU")
+    parser.add_argument(
+        "--reference", action="store_true", help="time the re-implemented published encoder too (paper rows, CPU)"
+    )
+    parser.add_argument("--reference-steps", type=int, default=3, help="its timed steps (about 30 s each)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     parser.add_argument("--child", nargs=2, metavar=("PHASE", "CONFIG"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -299,7 +307,12 @@ def main() -> None:
             synthetic().write_h5ad(data)
         for config in args.configs:
             for phase in args.phases:
-                result["rows"].append(_measure_in_child(args, phase, config, data, peak, reference))
+                row = _measure_in_child(args, phase, config, data, peak, reference)
+                if args.reference and config == "paper" and args.accelerator == "cpu":
+                    row["reference_same_run"] = _reference_in_child(args, phase, data)
+                    row["speedup_vs_reference_same_run"] = row["cells_per_s"] / row["reference_same_run"]["cells_per_s"]
+                    print(json.dumps(row["reference_same_run"]), flush=True)
+                result["rows"].append(row)
                 path.write_text(json.dumps(result, indent=1))  # after each row: a run cut short keeps its rows
     print(f"wrote {path}")
 
@@ -333,6 +346,18 @@ def _measure_in_child(args, phase: str, config: str, data: str, peak: dict, refe
         row["speedup_vs_reference"] = ratio
     print(json.dumps(row), flush=True)
     return row
+
+
+def _reference_in_child(args, phase: str, data: str) -> dict:
+    """The re-implemented published encoder's figures for ``phase``, in a fresh process."""
+    cmd = [sys.executable, str(Path(__file__).parent / "published_reference.py"), "--phase", phase, "--data", data]
+    cmd += ["--threads", str(args.threads), "--steps", str(args.reference_steps), "--warmup", "1"]
+    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if not lines:
+        print(done.stderr[-3000:], file=sys.stderr)
+        raise SystemExit(f"the published encoder's {phase} failed (exit {done.returncode})")
+    return json.loads(lines[-1][len("RESULT ") :])
 
 
 def _machine(args, torch) -> dict:

@@ -277,3 +277,44 @@ def test_neighbourhood_memory_fits_on_every_cell_and_on_a_sample(tmp_path, monke
     chance = 0.1  # ten types of 60 cells each
     assert rows["every_cell"]["same_type_neighbours"] > 5 * chance
     assert rows["sample"]["same_type_neighbours"] > 5 * chance
+
+
+def test_published_stand_in_attends_to_padding_and_samples_as_published(monkeypatch):
+    import numpy as np
+    import scipy.sparse as sp
+    import torch
+
+    ref = _script("published_reference")
+    torch.manual_seed(0)
+    model = ref.PublishedModel(n_genes=6, n_classes=2, d_model=16, n_heads=2, n_layers=1).eval()
+    genes, values = torch.tensor([[ref.CLS, 5, 6]]), torch.tensor([[1.0, 2.0, 1.0]])
+    padded = torch.cat([genes, torch.full((1, 3), ref.MASK)], 1), torch.cat([values, torch.zeros(1, 3)], 1)
+    # the published encoder has no key-padding mask: padding changes the summary token's output
+    assert not torch.allclose(model(genes, values)[:, 0], model(*padded)[:, 0], atol=1e-4)
+
+    values = torch.tensor([[0.0, 3.0, 0.0, 1.0, 2.0, 0.0]])
+    (g1, v1), (g2, _) = ref.random_views(values, 50, torch.Generator().manual_seed(0))
+    assert g1.shape == (1, 51) and g1[0, 0] == ref.CLS and v1[0, 0] == 1
+    assert set((g1[0, 1:] - ref.N_SPECIAL).tolist()) == {1, 3, 4}  # with replacement, non-zero genes only
+    zero_fraction = torch.tensor([0.1, 0.9, 0.2, 0.5, 0.3, 0.0])
+    tokens, vals = ref.ranked_padded(values, zero_fraction, 4)
+    assert (tokens[0, 1:] - ref.N_SPECIAL).tolist()[:3] == [1, 3, 4]  # most zeros first
+    assert tokens[0, 4] == ref.MASK and vals[0, 4] == 0  # padded to k
+
+    z1, z2 = torch.randn(3, 4), torch.randn(3, 4)
+    z = torch.nn.functional.normalize(torch.cat([z1, z2]), dim=-1)
+    by_hand = []
+    for i in range(6):
+        others = [j for j in range(6) if j != i]
+        logits = torch.stack([z[i] @ z[j] / 0.07 for j in others])
+        by_hand.append(-torch.log_softmax(logits, 0)[others.index((i + 3) % 6)])
+    assert ref.nt_xent(z1, z2).item() == pytest.approx(torch.stack(by_hand).mean().item(), rel=1e-5)
+
+    monkeypatch.setattr(ref, "SIZES", {"d_model": 16, "n_heads": 2, "n_layers": 1})
+    monkeypatch.setattr(ref, "PHASES", {p: {"batch_size": 8, "n_genes": 5} for p in ("pretrain", "finetune", "embed")})
+    counts = sp.random(40, 30, density=0.3, format="csr", random_state=0, dtype=np.float32)
+    counts.data = np.ceil(counts.data * 5)
+    labels = np.array(["a", "b"] * 20)
+    for phase in ("pretrain", "finetune", "embed"):
+        figures = ref.measure(phase, counts, labels, steps=2, warmup=1, threads=1)
+        assert figures["phase"] == phase and figures["cells_per_s"] > 0 and figures["timed_steps"] == 2
