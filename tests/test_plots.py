@@ -238,3 +238,54 @@ def test_pathway_embedding_draws_cells_without_a_colour_as_na(data, model):
     drawn = sum(len(c.get_offsets()) for c in ax.collections[:-1])  # the last collection: the pathway stars
     assert drawn == adata.n_obs
     assert "NA" in [t.get_text() for t in ax.get_legend().get_texts()]
+
+
+def _with_unknown_labels(data):
+    from scrobust_sc.tl._labels import write_label_column
+
+    adata = data.copy()
+    labels = adata.obs["cell_type_coarse"].astype(str).to_numpy().copy()
+    labels[::4] = "Unknown"
+    write_label_column(adata, "scrobust_label", labels, [*adata.obs["cell_type_coarse"].cat.categories, "Unknown"])
+    return adata
+
+
+@pytest.mark.parametrize("stored", [True, False])
+def test_pathway_embedding_draws_unknown_cells_light_grey(data, model, stored):
+    """Label colours as scanpy draws them: the stored ones, or scanpy's defaults; "Unknown" light grey either way."""
+    from matplotlib.colors import to_rgba
+
+    from scrobust_sc.tl._labels import label_colors
+
+    adata = _with_unknown_labels(data)
+    categories = list(adata.obs["scrobust_label"].cat.categories)
+    expected = dict(zip(categories, label_colors(categories), strict=True))
+    if stored:  # the user's own colours, as after sc.pl.umap(..., palette=...)
+        mine = ["#000000", "#222222", "#444444", "#666666", "#888888", "#aaaaaa", "#cccccc", "#eeeeee"]
+        adata.uns["scrobust_label_colors"] = mine[: len(categories) - 1] + [label_colors(["Unknown"])[0]]
+        expected = dict(zip(categories, adata.uns["scrobust_label_colors"], strict=True))
+    else:
+        del adata.uns["scrobust_label_colors"]
+    ax = scrobust.pl.pathway_embedding(adata, model, gene_sets=SETS, basis="umap", color="scrobust_label")
+    drawn = {c.get_label(): c.get_facecolor()[0] for c in ax.collections[:-1]}
+    assert set(drawn) == set(categories)
+    np.testing.assert_allclose(drawn["Unknown"], to_rgba("lightgray"))
+    for category in categories:
+        np.testing.assert_allclose(drawn[category], to_rgba(expected[category]))
+
+
+def test_attention_markers_colour_groups_as_scanpy_with_unknown_light_grey(data, model, tmp_path):
+    from matplotlib.colors import to_hex
+
+    from scrobust_sc.pl._plots import _marker_view
+
+    adata = _with_unknown_labels(data)
+    scrobust.tl.marker_genes(adata, model, groupby="scrobust_label", n_genes=3, n_input_genes=100)
+    view = _marker_view(adata, "scrobust_markers", "scrobust_label", None, None)
+    assert list(view.uns["scrobust_label_colors"]) == list(adata.uns["scrobust_label_colors"])
+    colours = dict(zip(view.obs["scrobust_label"].cat.categories, view.uns["scrobust_label_colors"], strict=True))
+    assert colours["Unknown"] == to_hex("lightgray")
+    path = tmp_path / "markers_heatmap.png"
+    scrobust.pl.attention_markers(adata, kind="heatmap", save=str(path))
+    assert_png(path)
+    assert list(adata.uns["scrobust_label_colors"]) == list(colours.values())  # the user's AnnData untouched

@@ -24,6 +24,7 @@ matplotlib.use("Agg")
 SETS = {"b_cell": ["CD79A", "MS4A1", "CD79B"], "t_cell": ["CD3E", "CD3D", "IL7R"]}
 # 60 cells are too few for neighbourhoods: each cell's own novelty is read, and no
 # obs/scrobust_cell_novelty is written (tests/test_novelty.py checks it on a larger query)
+# and no cell is "Unknown", so no label colours are written (tl.annotate_model_unknown writes them)
 ANNOTATE_KEYS = {
     "obs/scrobust_label",
     "obs/scrobust_confidence",
@@ -32,6 +33,7 @@ ANNOTATE_KEYS = {
     "obsm/X_scrobust",
     "uns/scrobust",
 }
+PATHWAY_COLORS = "uns/scrobust_pathway_label_colors"
 SETUP_KEYS = {"obs/_scvi_batch", "obs/_scvi_labels", "uns/_scvi_uuid", "uns/_scvi_manager_uuid"}
 
 
@@ -145,6 +147,11 @@ CALLS = {
     "tl.embed_copy": (lambda a, m, p: scrobust.tl.embed(a, m, copy=True), set()),
     "tl.annotate_model": (lambda a, m, p: scrobust.tl.annotate(a, model=m), ANNOTATE_KEYS),
     "tl.annotate_model_copy": (lambda a, m, p: scrobust.tl.annotate(a, model=m, copy=True), set()),
+    # every cell "Unknown" (no confidence reaches 1): the label colours, Unknown light grey, are written
+    "tl.annotate_model_unknown": (
+        lambda a, m, p: scrobust.tl.annotate(a, model=m, unknown_threshold=1.0),
+        ANNOTATE_KEYS | {"uns/scrobust_label_colors"},
+    ),
     "tl.annotate_labels": (
         lambda a, m, p: scrobust.tl.annotate(
             a, labels_key="cell_type", model_kwargs=TINY, pretrain_steps=0, max_epochs=1, train_kwargs=QUIET
@@ -174,6 +181,10 @@ CALLS = {
     "tl.annotate_pathways": (
         lambda a, m, p: scrobust.tl.annotate_pathways(a, m, gene_sets=SETS),
         {"obs/scrobust_pathway_label", "obsm/scrobust_pathway_scores", "uns/scrobust_pathway"},
+    ),
+    "tl.annotate_pathways_unknown": (
+        lambda a, m, p: scrobust.tl.annotate_pathways(a, m, gene_sets=SETS, unknown_threshold=np.inf),
+        {"obs/scrobust_pathway_label", "obsm/scrobust_pathway_scores", "uns/scrobust_pathway", PATHWAY_COLORS},
     ),
     "tl.annotate_pathways_copy": (
         lambda a, m, p: scrobust.tl.annotate_pathways(a, m, gene_sets=SETS, copy=True),

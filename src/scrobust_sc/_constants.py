@@ -14,6 +14,8 @@ TARGET_SUM = 1e4
 
 #: Label written for cells whose prediction is not confident enough.
 UNKNOWN_LABEL = "Unknown"
+#: Colour of ``UNKNOWN_LABEL`` cells in plots: scanpy's colour of unassigned cells (its ``na_color``).
+UNKNOWN_COLOR = "lightgray"
 #: Missing values turned into text (``astype(str)`` of NaN or None; anndata stores a ``None`` name as "None").
 MISSING_AS_TEXT = ("nan", "NaN", "None", "<NA>")
 

@@ -25,6 +25,32 @@ def _obs_column(adata: ad.AnnData, key: str) -> pd.Series:
     return adata.obs[key]
 
 
+def _category_colors(adata: ad.AnnData, key: str, column: pd.Series) -> dict:
+    """Colour of each category of ``column`` (``obs[key]`` as a categorical), as scanpy draws it.
+
+    The colours scanpy stores (``uns[f"{key}_colors"]``, in the order of the categories of
+    ``obs[key]``) when they are valid and cover every category, else scanpy's defaults
+    with ``"Unknown"`` light grey (:func:`~scrobust_sc.tl._labels.label_colors`).
+    """
+    from matplotlib.colors import is_color_like
+
+    from scrobust_sc.tl._labels import label_colors
+
+    categories = column.cat.categories
+    stored = adata.uns.get(f"{key}_colors")
+    own = adata.obs[key]
+    if (
+        stored is not None
+        and isinstance(own.dtype, pd.CategoricalDtype)
+        and len(stored) >= len(own.cat.categories)
+        and all(is_color_like(c) for c in stored)
+    ):
+        colours = dict(zip(own.cat.categories, stored, strict=False))
+        if all(c in colours for c in categories):
+            return {c: colours[c] for c in categories}
+    return dict(zip(categories, label_colors(categories), strict=True))
+
+
 def confusion(
     adata: ad.AnnData,
     *,
@@ -262,7 +288,9 @@ def pathway_embedding(
         ``"umap"`` or ``"tsne"``.
     color
         ``obs`` column to colour the cells by (categories get a legend, numbers a colour
-        bar); ``None``: grey.
+        bar); ``None``: grey. Categories take the colours scanpy would draw them in:
+        ``uns[f"{color}_colors"]`` when set, else scanpy's defaults, ``"Unknown"`` and
+        missing values light grey.
     layer
         Encoder layer of the cell and pathway vectors.
     random_state
@@ -301,14 +329,13 @@ def pathway_embedding(
     if values is None:
         ax.scatter(*cell_xy.T, s=point_size, c="lightgrey", linewidths=0)
     elif isinstance(values.dtype, pd.CategoricalDtype) or not pd.api.types.is_numeric_dtype(values):
-        categories = values.astype("category").cat.categories
-        palette = plt.get_cmap("tab20" if len(categories) > 10 else "tab10")
+        palette = _category_colors(adata, color, values.astype("category"))
         missing = values.isna().to_numpy()
         if missing.any():  # drawn under the others, in grey, as scanpy draws them
             ax.scatter(*cell_xy[missing].T, s=point_size, c="lightgrey", linewidths=0, label="NA")
-        for i, category in enumerate(categories):
+        for category, colour in palette.items():
             mask = (values == category).to_numpy()
-            ax.scatter(*cell_xy[mask].T, s=point_size, color=palette(i % palette.N), linewidths=0, label=str(category))
+            ax.scatter(*cell_xy[mask].T, s=point_size, color=colour, linewidths=0, label=str(category))
         ax.legend(title=color, fontsize="small", markerscale=2, loc="center left", bbox_to_anchor=(1.0, 0.5))
     else:
         points = ax.scatter(*cell_xy.T, s=point_size, c=values.to_numpy(dtype=float), cmap="viridis", linewidths=0)
@@ -368,6 +395,9 @@ def _marker_view(adata: ad.AnnData, key: str, groupby: str, layer: str | None, l
     grouped = obs[groupby].notna().to_numpy()  # cells without a group have no markers (left out, as by marker_genes)
     view = ad.AnnData(values[grouped], obs=obs[grouped], var=adata.var.iloc[columns].copy())
     view.obs[groupby] = view.obs[groupby].cat.remove_unused_categories()
+    # the heatmap's group bar in the colours of the user's column ("Unknown" light grey)
+    colours = _category_colors(adata, groupby, obs[groupby])
+    view.uns[f"{groupby}_colors"] = [colours[c] for c in view.obs[groupby].cat.categories]
     view.uns[key] = adata.uns[key]
     return view
 

@@ -360,7 +360,9 @@ def annotate(
     probability), ``obsm[f"{key_added}_probabilities"]`` (cells x types, columns in
     ``uns[key_added]["cell_types"]``), ``obsm[embedding_key]`` and ``uns[key_added]``
     (parameters, how the embedding was computed, and the gene-matching report; a
-    ``tl.embed`` record there is dropped when it describes ``obsm[embedding_key]``).
+    ``tl.embed`` record there is dropped when it describes ``obsm[embedding_key]``) and,
+    when some cell is ``"Unknown"`` and no colours are stored for the same categories,
+    ``uns[f"{key_added}_label_colors"]`` (scanpy's default colours, ``"Unknown"`` light grey).
 
     Parameters
     ----------

@@ -272,7 +272,8 @@ def annotate_pathways(
     closeness is below ``unknown_threshold``), ``obsm[f"{key_added}_scores"]`` (cells x
     sets closeness, float32) and ``uns[key_added]`` with ``"pathways"`` (the column names
     of the scores), ``"n_genes"`` (genes of each set found in the vocabulary) and
-    ``"params"``.
+    ``"params"``; with ``"Unknown"`` cells, ``uns[f"{key_added}_label_colors"]`` as
+    :func:`annotate` writes them.
 
     Parameters
     ----------
