@@ -318,3 +318,11 @@ def test_published_stand_in_attends_to_padding_and_samples_as_published(monkeypa
     for phase in ("pretrain", "finetune", "embed"):
         figures = ref.measure(phase, counts, labels, steps=2, warmup=1, threads=1)
         assert figures["phase"] == phase and figures["cells_per_s"] > 0 and figures["timed_steps"] == 2
+
+
+def test_published_encoder_flops_count_two_padded_views_a_cell_in_pre_training():
+    throughput = _script("throughput")
+    d, length = 512, 201
+    per_view = 3 * (24 * length * d**2 + 4 * length**2 * d)  # issue 6's count, trained
+    assert throughput.reference_flops_per_cell("pretrain", 200, d, 1) == pytest.approx(2 * per_view)
+    assert throughput.reference_flops_per_cell("embed", 200, d, 1) == pytest.approx(per_view / 3)
