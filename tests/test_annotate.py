@@ -264,3 +264,24 @@ def test_fit_annotator_reads_a_backed_reference_into_memory(small_pbmc, tmp_path
         fitted[name] = model.get_latent_representation(ref)
     np.testing.assert_allclose(fitted["backed"], fitted["in_memory"], rtol=1e-5, atol=1e-6)
     assert backed.isbacked and backed.n_obs == 150  # the user's handle is left as it was
+
+
+def test_cells_without_counts_in_the_models_genes_are_unknown(small_pbmc, seeded, caplog):
+    """An empty droplet has nothing to classify: "Unknown" whatever the thresholds."""
+    model = scrobust.tl.fit_annotator(
+        small_pbmc, "cell_type", model_kwargs=TINY, pretrain=False, train_kwargs={"max_epochs": 1, **QUIET}
+    )
+    query = small_pbmc.copy()
+    x = query.X.tolil()
+    x[:5, :] = 0
+    query.X = x.tocsr()
+    query.X.eliminate_zeros()
+    with caplog.at_level("INFO", logger="scrobust_sc"):
+        scrobust.tl.annotate(query, model=model)
+    assert (query.obs["scrobust_label"].iloc[:5] == "Unknown").all()
+    assert "5 cells have no count in the model's genes" in caplog.text
+    scrobust.tl.annotate(query, model=model, unknown_threshold=None, novelty_threshold=None)
+    labels = query.obs["scrobust_label"].astype(str).to_numpy()
+    assert (labels[:5] == "Unknown").all()
+    expected = model.predict_proba(query).idxmax(axis=1).to_numpy()
+    assert (labels[5:] == expected[5:]).all()  # the other cells keep their prediction

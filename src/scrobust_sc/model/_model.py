@@ -1318,22 +1318,30 @@ class SCRobust(BaseModelClass):
         return out
 
     @torch.inference_mode()
-    def _classify_cells(self, adata, indices, batch_size: int) -> tuple[pd.DataFrame, np.ndarray]:
+    def _classify_cells(self, adata, indices, batch_size: int, *, with_empty: bool = False) -> tuple:
+        """Probabilities and novelty of each cell; ``with_empty``: also which cells have no input.
+
+        A cell without input has no count (or value) in any of the model's genes.
+        """
         if self.module.classifier is None:
             raise ValueError("This model has no classifier: fine-tune it with labels first (`model.train`).")
         indices = cell_positions(indices, (adata if adata is not None else self.adata).n_obs)
-        probs, novelty = [], []
+        probs, novelty, empty = [], [], []
         for t in self._batches(adata, indices, batch_size):
             logits, z = self._classify_batch(t)
             p = torch.softmax(logits.float(), dim=1)
             probs.append(p.cpu())
             novelty.append(self.module.novelty(z, logits).cpu())
+            empty.append(~(t[REGISTRY_KEYS.X_KEY] != 0).any(dim=1).cpu())
         names = (adata if adata is not None else self.adata).obs_names
         if indices is not None:
             names = names[np.asarray(indices)]
         if not probs:  # no cells asked for
-            return pd.DataFrame(np.zeros((0, len(self.cell_types_)), np.float32), columns=self.cell_types_), np.zeros(0)
+            proba = pd.DataFrame(np.zeros((0, len(self.cell_types_)), np.float32), columns=self.cell_types_)
+            return (proba, np.zeros(0), np.zeros(0, bool)) if with_empty else (proba, np.zeros(0))
         proba = pd.DataFrame(torch.cat(probs).numpy(), index=names, columns=self.cell_types_)
+        if with_empty:
+            return proba, torch.cat(novelty).numpy(), torch.cat(empty).numpy()
         return proba, torch.cat(novelty).numpy()
 
     def predict_proba(self, adata: ad.AnnData | None = None, indices=None, *, batch_size: int = 256) -> pd.DataFrame:

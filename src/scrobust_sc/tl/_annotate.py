@@ -288,11 +288,14 @@ def write_annotation(
     novelty: np.ndarray | None = None,
     novelty_threshold: float | None = None,
     cell_novelty: np.ndarray | None = None,
+    without_input: np.ndarray | None = None,
 ) -> None:
     """Write labels, confidences and probabilities of ``proba`` into ``target``.
 
     ``novelty`` is the score compared with ``novelty_threshold``; ``cell_novelty``, when
-    given, each cell's own score before it was read over neighbourhoods.
+    given, each cell's own score before it was read over neighbourhoods. Cells marked in
+    ``without_input`` (no count in the model's genes) are ``"Unknown"`` whatever the
+    thresholds: there is nothing to classify.
     """
     proba = restrict_labels(proba, allowed_labels)
     values = proba.to_numpy()
@@ -311,6 +314,8 @@ def write_annotation(
             del target.obs[column]
     if novelty is not None and novelty_threshold is not None:
         labels[novelty > novelty_threshold] = UNKNOWN_LABEL
+    if without_input is not None:
+        labels[np.asarray(without_input, bool)] = UNKNOWN_LABEL
     write_label_column(target, f"{key_added}_label", labels, [*proba.columns, UNKNOWN_LABEL])
     target.obs[f"{key_added}_confidence"] = confidence.astype(np.float32)
     target.obsm[f"{key_added}_probabilities"] = values.astype(np.float32)
@@ -353,7 +358,7 @@ def annotate(
     labels some cell received, so numeric or boolean labels come back as ``"3"`` or
     ``"True"``: compare with ``obs[labels_key].astype(str)``;
     ``"Unknown"`` where the confidence is below ``unknown_threshold`` or the novelty above
-    ``novelty_threshold``),
+    ``novelty_threshold``, and always for a cell without a count in the model's genes),
     ``obs[f"{key_added}_novelty"]`` (the novelty the threshold reads),
     ``obs[f"{key_added}_cell_novelty"]`` (each cell's own, when ``novelty_neighbors`` is
     used), ``obs[f"{key_added}_confidence"]`` (largest class
@@ -497,7 +502,14 @@ def annotate(
         query = counts_of_query = _query_in_models_layer(adata, model, layer)
     if model.module.classifier is None or not getattr(model, "is_fine_tuned_", False):
         raise ValueError("The model is not fine-tuned for cell types: train it with labels (`model.train`).")
-    proba, novelty = model._classify_cells(query, None, 256)
+    proba, novelty, without_input = model._classify_cells(query, None, 256, with_empty=True)
+    if without_input.any():
+        logger.info(
+            "%d cells have no count in the model's genes (or peaks): called %r. Empty droplets, or a panel "
+            "that shares too few genes with the model.",
+            int(without_input.sum()),
+            UNKNOWN_LABEL,
+        )
     cell_novelty = None
     if not model.module.has_novelty_reference:
         logger.warning(
@@ -522,6 +534,7 @@ def annotate(
         novelty=novelty,
         novelty_threshold=novelty_threshold,
         cell_novelty=cell_novelty,
+        without_input=without_input,
     )
     if embedding_key is not None:
         target.obsm[embedding_key] = model.get_latent_representation(query, **ANNOTATION_EMBEDDING)
