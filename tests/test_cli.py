@@ -347,3 +347,24 @@ def test_cli_predict_offers_no_training_or_overwrite_options(capsys):
         with pytest.raises(SystemExit):
             parser.parse_args([*base, *flag])
     assert "--overwrite" not in build_parser().parse_args(["annotate", "--query", "q", "--out", "o"]).__dict__
+
+
+def test_cli_predict_reads_x_of_a_query_for_a_model_set_up_on_a_layer(files, capsys):
+    """Found by review: a model trained with --layer counts could not read a query's counts in X."""
+    import scanpy as sc
+
+    reference = ad.read_h5ad(files / "ref.h5ad")
+    reference.layers["counts"] = reference.X.copy()
+    sc.pp.normalize_total(reference)
+    sc.pp.log1p(reference)
+    reference.write_h5ad(files / "ref_log.h5ad")
+    model, query = str(files / "m"), str(files / "query.h5ad")
+    train = ["train", "--reference", str(files / "ref_log.h5ad"), "--labels-key", "cell_type", "--out", model]
+    assert main([*train, "--layer", "counts", "--max-steps", "0", "--max-epochs", "1"]) == 0
+    argv = ["--model", model, "--query", query, "--out", str(files / "a.h5ad")]
+    capsys.readouterr()
+    assert main(["predict", *argv]) == 2
+    assert "--layer X" in capsys.readouterr().err
+    assert main(["predict", *argv, "--layer", "X"]) == 0
+    assert main(["annotate", *argv, "--layer", "X"]) == 0
+    assert ad.read_h5ad(files / "a.h5ad").obs["scrobust_label"].notna().all()

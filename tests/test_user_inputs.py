@@ -666,3 +666,27 @@ def test_a_query_too_small_for_neighbourhoods_records_each_cells_own_novelty(sma
     scrobust.tl.annotate(query, model=counts_model)
     assert query.uns["scrobust"]["params"]["novelty_neighbors"] is None
     assert "scrobust_cell_novelty" not in query.obs
+
+
+@pytest.fixture
+def layer_model(small_pbmc, seeded):
+    """A TINY model set up on ``layers["counts"]`` of a reference whose ``X`` is log-normalised."""
+    return scrobust.tl.fit_annotator(_log_query_with_counts_layer(small_pbmc), "cell_type", layer="counts", **FIT)
+
+
+def test_a_layer_model_annotates_a_query_with_its_counts_in_x(small_pbmc, layer_model):
+    """Found by review: a fresh query (counts in X, no layers) could not be annotated by such a model."""
+    expected = layer_model.predict_proba(_log_query_with_counts_layer(small_pbmc)).to_numpy()
+    query = small_pbmc.copy()
+    with pytest.raises(ValueError, match=r"lacks.*layer='X'.*--layer X"):
+        scrobust.tl.annotate(query, model=layer_model)
+    with pytest.raises(ValueError, match=r"lacks.*layer='X'.*adata.layers\['counts'\] = adata.X"):
+        layer_model.predict(query)
+    scrobust.tl.annotate(query, model=layer_model, layer="X", novelty_threshold=None)
+    np.testing.assert_allclose(query.obsm["scrobust_probabilities"], expected, rtol=1e-5, atol=1e-6)
+    assert not query.layers and query.uns["scrobust"]["params"]["layer"] == "X"
+    with pytest.raises(ValueError, match="declared as raw counts but holds non-integer values"):
+        scrobust.tl.annotate(_log_query_with_counts_layer(small_pbmc), model=layer_model, layer="X")
+    query.layers["counts"] = query.X
+    layer_model.predict(query)  # the fix the model's methods name works
+    scrobust.tl.annotate(query, model=layer_model)  # the model's layer, when the query has it

@@ -290,8 +290,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def common(p, *, model=False, saves_model=True):
-        p.add_argument("--layer", default=None, help="layer holding raw counts (default: X)")
+    def common(p, *, model=False, saves_model=True, query=False):
+        layer_help = (
+            "layer of the query holding raw counts (default: where the model reads them; X: the query's X)"
+            if query
+            else "layer holding raw counts (default: X)"
+        )
+        p.add_argument("--layer", default=None, help=layer_help)
         if model:
             p.add_argument("--preset", default="cpu", choices=["cpu", "paper"], help="model size")
             p.add_argument("--max-steps", type=int, default=None, help="pre-training steps (0: skip)")
@@ -355,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument(
                 "--modality", default=None, choices=["rna", "atac"], help="the query's modality (default: the model's)"
             )
-        common(p, model=name == "annotate", saves_model=False)
+        common(p, model=name == "annotate", saves_model=False, query=True)
         p.set_defaults(func=_cmd_annotate if name == "annotate" else _cmd_predict)
 
     p = sub.add_parser("embed", help="write cell embeddings (obsm['X_scrobust'])")

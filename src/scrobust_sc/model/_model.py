@@ -615,6 +615,13 @@ class SCRobust(BaseModelClass):
         0.25
         """
         layer = self._setup_args.get("layer")
+        if layer is not None and layer not in adata.layers:
+            raise ValueError(
+                f"This model reads its counts from layers[{layer!r}], which the query lacks (layers: "
+                f"{list(adata.layers.keys())}). `scrobust.tl.annotate(adata, model=model, layer='X')` reads them "
+                "from adata.X (command line: `--layer X`), or from another layer named by `layer=`; for the "
+                f"model's methods, put them in that layer first: `adata.layers[{layer!r}] = adata.X`."
+            )
         symbols = gene_symbols if gene_symbols is not None else self._setup_args.get("gene_symbols")
         if symbols is not None and symbols not in adata.var.columns:
             symbols = None

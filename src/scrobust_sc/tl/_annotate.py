@@ -38,6 +38,8 @@ UNKNOWN_SHARE_WARNING = 0.2
 ANNOTATION_UNS_KEYS = ("params", "cell_types", "gene_alignment")
 #: ``get_latent_representation`` settings of the embedding ``annotate`` stores (its defaults).
 ANNOTATION_EMBEDDING = {"layer": -1, "gene_selection": "unique", "n_genes": 1000}
+#: ``layer=`` value that reads a query's ``X`` (for a model set up on a layer).
+X_LAYER = "X"
 
 
 def _embedded_into(record) -> str | None:
@@ -129,12 +131,24 @@ def _query_in_models_layer(adata: ad.AnnData, model, layer: str | None) -> ad.An
     """``adata``, or a light AnnData holding its ``layers[layer]`` where ``model`` reads its counts.
 
     A saved model reads the layer it was set up with; ``layer=`` names where this query keeps
-    its counts, which may be elsewhere (e.g. ``X`` log-normalised, counts in ``layers["counts"]``).
+    its counts, which may be elsewhere (e.g. ``X`` log-normalised, counts in ``layers["counts"]``;
+    or counts in ``X`` for a model set up on a layer: ``layer="X"``).
     """
     registered = model.registry_[_SETUP_ARGS_KEY].get("layer")
-    if layer is None or layer == registered:
+    if layer is None and registered is not None and registered not in adata.layers:
+        raise ValueError(
+            f"The model reads its counts from layers[{registered!r}], which this query lacks (layers: "
+            f"{list(adata.layers.keys())}). Pass the query's layer of raw counts with `layer=`; `layer='X'` "
+            "reads its counts from adata.X (command line: `--layer X`)."
+        )
+    if layer is None or layer == registered or (layer == X_LAYER and registered is None):
         return adata
-    matrix = _counts(adata, layer)
+    matrix = adata.X if layer == X_LAYER else _counts(adata, layer)
+    if matrix is None:
+        raise ValueError(
+            "layer='X' reads adata.X, which is None: pass the layer that holds the counts "
+            f"(layers: {list(adata.layers.keys())})."
+        )
     return ad.AnnData(
         X=matrix if registered is None else None,
         obs=pd.DataFrame(index=adata.obs_names.copy()),
@@ -380,9 +394,12 @@ def annotate(
     reference
         Labelled AnnData to learn from (not with ``model``).
     layer
-        Layer with the counts, in ``adata`` and ``reference``. With ``model``, the layer of
-        ``adata`` that holds its counts, whichever layer the model was set up with
-        (``None``: where the model reads them, ``X`` unless it was set up on a layer).
+        Layer with the counts, in ``adata`` and ``reference``; ``"X"`` reads ``X``. With
+        ``model``, the layer of ``adata`` that holds its counts, whichever layer the model was
+        set up with (``None``: where the model reads them, ``X`` unless it was set up on a
+        layer, which ``adata`` must then hold); ``"X"`` reads ``adata.X``, e.g. a fresh query
+        for a model set up on ``layers["counts"]``. The scale check (counts or log-normalised,
+        as the model's reference) applies to what is read.
     unknown_threshold
         Confidence under which a cell is ``"Unknown"``; ``None`` never rejects.
     novelty_threshold
@@ -480,6 +497,8 @@ def annotate(
         if labels_key is None:
             raise ValueError("Pass labels_key= (with or without reference=), or a trained model=.")
         source = reference if reference is not None else adata
+        if layer == X_LAYER and X_LAYER not in source.layers:
+            layer = None  # "X" reads X, here as with a model
         pre = dict(pretrain_kwargs or {})
         if pretrain_steps is not None and pretrain_steps > 0:
             pre.setdefault("max_steps", pretrain_steps)
