@@ -690,3 +690,20 @@ def test_a_layer_model_annotates_a_query_with_its_counts_in_x(small_pbmc, layer_
     query.layers["counts"] = query.X
     layer_model.predict(query)  # the fix the model's methods name works
     scrobust.tl.annotate(query, model=layer_model)  # the model's layer, when the query has it
+
+
+def test_the_gene_report_recorded_is_that_of_the_query_read(small_pbmc, counts_model):
+    """Found by review: an aligned query was recorded with the report of the query read before it."""
+    panel = small_pbmc[:, 200:].copy()  # 600 of the model's 800 genes
+    scrobust.tl.annotate(panel, model=counts_model)
+    assert panel.uns["scrobust"]["gene_alignment"]["n_genes_found"] == 600
+    aligned, report = counts_model.align_query(small_pbmc)
+    assert report.n_found == 800
+    scrobust.tl.annotate(aligned, model=counts_model)
+    assert aligned.uns["scrobust"]["gene_alignment"]["n_genes_found"] == 800
+    scrobust.tl.embed(panel, counts_model)
+    scrobust.tl.embed(aligned, counts_model, key_added="X_e")
+    assert aligned.uns["scrobust"]["embed"]["gene_alignment"]["n_genes_found"] == 800
+    assert counts_model.last_alignment_["n_genes_found"] == 800
+    counts_model.get_latent_representation()  # the model's own AnnData: no query report
+    assert counts_model.last_alignment_ is None

@@ -572,15 +572,20 @@ class SCRobust(BaseModelClass):
         """Return an AnnData aligned to the model's genes and registered with its set-up.
 
         ``keep_labels``: keep ``adata``'s labels of the model's types (see :meth:`align_query`).
+        Sets ``last_alignment_`` to the gene-matching report of ``adata`` (``None`` for the
+        model's own AnnData).
         """
-        if adata is None:
+        if adata is None or adata is self.adata:
             if self.adata is None:
                 raise ValueError("This model has no AnnData attached (it was loaded without one): pass `adata=`.")
-            return super()._validate_anndata(None, copy_if_view)
-        if adata is self.adata or self._registered_here(adata):
+            self.last_alignment_ = None
+            return super()._validate_anndata(adata, copy_if_view)
+        if self._registered_here(adata):  # a query copy this model aligned: it carries its report
+            self.last_alignment_ = adata.uns.get("scrobust_alignment")
             return super()._validate_anndata(adata, copy_if_view)
         if self._is_aligned(adata):  # the user's align_query result: registered on a light copy
             aligned = _registration_copy(adata)
+            self.last_alignment_ = dict(adata.uns["scrobust_alignment"])
         else:
             aligned, report = self.align_query(adata, keep_labels=keep_labels)
             self.last_alignment_ = report.as_dict()
