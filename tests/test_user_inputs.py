@@ -707,3 +707,44 @@ def test_the_gene_report_recorded_is_that_of_the_query_read(small_pbmc, counts_m
     assert counts_model.last_alignment_["n_genes_found"] == 800
     counts_model.get_latent_representation()  # the model's own AnnData: no query report
     assert counts_model.last_alignment_ is None
+
+
+def _refused_query(small_pbmc, case):
+    """A query that a model trained on ``small_pbmc``'s counts refuses, and the ``layer`` it is read from."""
+    query = small_pbmc.copy()
+    if case == "missing layer":
+        return query, "counts"
+    if case == "no shared gene":
+        query.var_names = [f"ENSG{i:011d}" for i in range(query.n_vars)]
+    elif case == "negative values":
+        query.X = query.X.copy()
+        query.X.data[:5] *= -1
+    elif case == "log-normalised query":
+        sc.pp.normalize_total(query)
+        sc.pp.log1p(query)
+    return query, None
+
+
+def test_annotate_with_a_reference_checks_the_query_before_any_training(small_pbmc, counts_model, monkeypatch):
+    """A query the trained model would refuse is refused before training, with the same message."""
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("training started before the query was checked")
+
+    monkeypatch.setattr(scrobust.SCRobust, "pretrain", no_training)
+    monkeypatch.setattr(scrobust.SCRobust, "train", no_training)
+    for case in ("missing layer", "no shared gene", "negative values", "log-normalised query"):
+        query, layer = _refused_query(small_pbmc, case)
+        reference = small_pbmc.copy()
+        if layer is not None:
+            reference.layers[layer] = reference.X.copy()
+            expected = "layer 'counts' is not in adata.layers (layers: [])."
+        else:
+            with pytest.raises(ValueError) as after_training:  # what the trained model says of this query
+                counts_model.predict_proba(query)
+            expected = str(after_training.value)
+        with pytest.raises(ValueError) as refused:
+            scrobust.tl.annotate(
+                query, reference=reference, labels_key="cell_type", layer=layer, model_kwargs=TINY, pretrain_steps=0
+            )
+        assert str(refused.value) == expected, case

@@ -245,6 +245,7 @@ def fit_annotator(
     labels_key: str,
     *,
     unlabelled: ad.AnnData | None = None,
+    query: ad.AnnData | None = None,
     layer: str | None = None,
     model_kwargs: dict | None = None,
     pretrain_kwargs: dict | None = None,
@@ -259,11 +260,15 @@ def fit_annotator(
     cells of ``unlabelled`` (e.g. the query to annotate), whose genes (or peaks) are matched
     to ``reference``'s by name, missing ones counting as not expressed. ``modality``
     (``"rna"`` or ``"atac"``) and ``setup_kwargs`` (e.g. ``{"atac_values": "tfidf"}``) go to
-    :meth:`~scrobust_sc.model.SCRobust.setup_anndata`.
+    :meth:`~scrobust_sc.model.SCRobust.setup_anndata`. ``query``, cells the model is to
+    annotate, is checked as the trained model will read it (its ``layer``, the genes it shares
+    with ``reference``, the scale of its values) before any training: a query the model would
+    refuse fails at once, with the same message, not after training. It is not trained on.
 
     Examples
     --------
     >>> model = fit_annotator(reference, "cell_type")  # doctest: +SKIP
+    >>> model = fit_annotator(reference, "cell_type", query=query)  # doctest: +SKIP
     >>> model = fit_annotator(reference, "cell_type", unlabelled=query)  # doctest: +SKIP
     >>> atac_model = fit_annotator(atac_reference, "cell_type", modality="atac")  # doctest: +SKIP
     """
@@ -274,6 +279,8 @@ def fit_annotator(
         work = _with_unlabelled(work, unlabelled, labels_key, layer, modality)
     SCRobust.setup_anndata(work, layer=layer, labels_key=labels_key, modality=modality, **(setup_kwargs or {}))
     model = SCRobust(work, **(model_kwargs or {}))
+    if query is not None:
+        model.align_query(query)  # the checks the trained model runs on the query, before any training
     if pretrain:
         model.pretrain(**(pretrain_kwargs or {}))
         _stop_if_interrupted(model, "Pre-training")
@@ -507,6 +514,7 @@ def annotate(
             source,
             labels_key,
             unlabelled=adata if pretrain_on_query else None,
+            query=adata if reference is not None and not pretrain_on_query else None,
             layer=layer,
             model_kwargs=model_kwargs,
             pretrain_kwargs=pre,
