@@ -368,3 +368,27 @@ def test_cli_predict_reads_x_of_a_query_for_a_model_set_up_on_a_layer(files, cap
     assert main(["predict", *argv, "--layer", "X"]) == 0
     assert main(["annotate", *argv, "--layer", "X"]) == 0
     assert ad.read_h5ad(files / "a.h5ad").obs["scrobust_label"].notna().all()
+
+
+def test_cli_reads_gene_symbols_of_the_query_and_the_reference(files, capsys):
+    """Found by review: the no-overlap error said to pass gene symbols, which only `pretrain` took."""
+    for name in ("ref", "query"):
+        cells = ad.read_h5ad(files / f"{name}.h5ad")
+        cells.var["symbol"] = cells.var_names.astype(str)
+        cells.var_names = [f"ENSG{i:011d}" for i in range(cells.n_vars)]
+        cells.write_h5ad(files / f"{name}_ids.h5ad")
+    model, ids = str(files / "m"), str(files / "query_ids.h5ad")
+    train = ["train", "--reference", str(files / "ref_ids.h5ad"), "--labels-key", "cell_type", "--out", model]
+    assert main([*train, "--gene-symbols", "symbol", "--max-steps", "0", "--max-epochs", "1"]) == 0
+    assert scrobust.SCRobust.load(model).gene_names_[0] == ad.read_h5ad(files / "ref.h5ad").var_names[0]
+    other = str(files / "other")
+    assert main(["train", *train[1:5], "--out", other, "--max-steps", "0", "--max-epochs", "1"]) == 0
+    out = ["--out", str(files / "a.h5ad")]
+    capsys.readouterr()
+    assert main(["predict", "--model", other, "--query", str(files / "query.h5ad"), *out]) == 2
+    assert "--gene-symbols" in capsys.readouterr().err
+    argv = ["--model", model, "--query", ids, *out, "--gene-symbols", "symbol"]
+    assert main(["predict", *argv]) == 0
+    assert main(["annotate", *argv]) == 0
+    assert main(["embed", ids, "--model", model, *out, "--gene-symbols", "symbol"]) == 0
+    assert ad.read_h5ad(files / "a.h5ad").obsm["X_scrobust"].shape[0] == ad.read_h5ad(ids).n_obs

@@ -738,7 +738,7 @@ def test_annotate_with_a_reference_checks_the_query_before_any_training(small_pb
         reference = small_pbmc.copy()
         if layer is not None:
             reference.layers[layer] = reference.X.copy()
-            expected = "layer 'counts' is not in adata.layers (layers: [])."
+            expected = None  # the model set up on that layer names it, and the fix
         else:
             with pytest.raises(ValueError) as after_training:  # what the trained model says of this query
                 counts_model.predict_proba(query)
@@ -747,4 +747,55 @@ def test_annotate_with_a_reference_checks_the_query_before_any_training(small_pb
             scrobust.tl.annotate(
                 query, reference=reference, labels_key="cell_type", layer=layer, model_kwargs=TINY, pretrain_steps=0
             )
-        assert str(refused.value) == expected, case
+        if expected is None:
+            assert "layers['counts'], which the query lacks" in str(refused.value)
+            assert "adata.layers['counts'] = adata.X" in str(refused.value)
+        else:
+            assert str(refused.value) == expected, case
+
+
+def _ensembl_ids_with_symbols(adata):
+    """``adata`` with made-up Ensembl IDs as ``var_names`` and its symbols in ``var["symbol"]``."""
+    query = adata.copy()
+    query.var["symbol"] = query.var_names.astype(str)
+    query.var_names = [f"ENSG{i:011d}" for i in range(query.n_vars)]
+    return query
+
+
+def test_the_tools_take_the_gene_symbols_the_no_overlap_error_names(small_pbmc, counts_model):
+    """Found by review: the error said to pass `gene_symbols=`, which the tools did not take."""
+    expected = counts_model.predict_proba(small_pbmc).to_numpy()
+    embedding = counts_model.get_latent_representation(small_pbmc)
+    query = _ensembl_ids_with_symbols(small_pbmc)
+    with pytest.raises(ValueError, match=r"gene_symbols=.*tl.annotate.*--gene-symbols"):
+        scrobust.tl.annotate(query, model=counts_model)
+    scrobust.tl.annotate(query, model=counts_model, gene_symbols="symbol", novelty_threshold=None)
+    np.testing.assert_allclose(query.obsm["scrobust_probabilities"], expected, rtol=1e-5, atol=1e-6)
+    assert query.uns["scrobust"]["gene_alignment"]["n_genes_found"] == small_pbmc.n_vars
+    assert query.uns["scrobust"]["params"]["gene_symbols"] == "symbol"
+    scrobust.tl.embed(query, counts_model, gene_symbols="symbol", key_added="X_e")
+    np.testing.assert_allclose(query.obsm["X_e"], embedding, rtol=1e-5, atol=1e-6)
+    assert query.uns["scrobust"]["embed"]["gene_alignment"]["n_genes_found"] == small_pbmc.n_vars
+    scrobust.tl.marker_genes(query, counts_model, groupby="cell_type", gene_symbols="symbol", n_genes=3)
+    names = query.uns["scrobust_markers"]["names"]
+    assert all(str(n).startswith("ENSG") for g in names.dtype.names for n in names[g])  # scanpy's var_names
+    assert list(query.var_names[:2]) == ["ENSG00000000000", "ENSG00000000001"] and not query.layers
+    with pytest.raises(ValueError, match="gene_symbols='nope' is not a column of adata.var"):
+        scrobust.tl.embed(query, counts_model, gene_symbols="nope")
+
+
+def test_annotate_with_a_reference_matches_the_query_by_its_gene_symbols(small_pbmc, seeded):
+    query = _ensembl_ids_with_symbols(small_pbmc[100:])
+    scrobust.tl.annotate(
+        query,
+        reference=small_pbmc[:100].copy(),
+        labels_key="cell_type",
+        gene_symbols="symbol",
+        pretrain_on_query=True,
+        pretrain_steps=2,
+        max_epochs=1,
+        model_kwargs=TINY,
+        pretrain_kwargs=QUIET,
+        train_kwargs={"n_genes": 64, **QUIET},
+    )
+    assert query.uns["scrobust"]["gene_alignment"]["n_genes_found"] == small_pbmc.n_vars

@@ -106,7 +106,10 @@ def _write(adata, path: str, csv: str | None, key: str = "scrobust") -> None:
 
 def _setup(args) -> dict:
     """``modality`` and ``setup_kwargs`` for a model trained from the command line."""
-    return {"modality": args.modality or "rna", "setup_kwargs": {"atac_values": args.atac_values}}
+    setup_kwargs = {"atac_values": args.atac_values}
+    if args.gene_symbols is not None:
+        setup_kwargs["gene_symbols"] = args.gene_symbols
+    return {"modality": args.modality or "rna", "setup_kwargs": setup_kwargs}
 
 
 def _cmd_pretrain(args) -> None:
@@ -116,9 +119,7 @@ def _cmd_pretrain(args) -> None:
     _check_model_folder(args)
     adata = _read(args.data)
     setup = _setup(args)
-    SCRobust.setup_anndata(
-        adata, layer=args.layer, gene_symbols=args.gene_symbols, modality=setup["modality"], **setup["setup_kwargs"]
-    )
+    SCRobust.setup_anndata(adata, layer=args.layer, modality=setup["modality"], **setup["setup_kwargs"])
     model = SCRobust(adata, preset=args.preset)
     model.pretrain(max_steps=args.max_steps, batch_size=args.batch_size, **_quiet_lightning(args.verbose))
     _stop_if_interrupted(model, "Pre-training")  # nothing saved after Ctrl+C
@@ -175,6 +176,7 @@ def _cmd_annotate(args) -> None:
             novelty_threshold=args.novelty_threshold,
             novelty_neighbors=args.novelty_neighbors or None,
             modality=args.modality,
+            gene_symbols=args.gene_symbols,
         )
     else:
         if not args.reference or not args.labels_key:
@@ -195,6 +197,7 @@ def _cmd_annotate(args) -> None:
             pretrain_on_query=args.pretrain_on_query,
             pretrain_kwargs=quiet,
             train_kwargs=quiet,
+            gene_symbols=args.gene_symbols,
             **_setup(args),
         )
     _write(query, args.out, args.csv)
@@ -206,7 +209,7 @@ def _cmd_embed(args) -> None:
     _check_outputs(args, args.data)
     adata = _read(args.data, backed=args.backed)
     model = _load_model(args.model)
-    tl.embed(adata, model, n_genes=args.n_genes)
+    tl.embed(adata, model, n_genes=args.n_genes, gene_symbols=args.gene_symbols)
     _write(adata, args.out, None)
 
 
@@ -280,6 +283,10 @@ def _cmd_demo(args) -> None:
     run_demo(Path(args.out), max_steps=args.max_steps, verbose=args.verbose)
 
 
+GENE_SYMBOLS_HELP = (
+    "var column with the gene names to match (e.g. symbols beside Ensembl IDs in var_names), in the query and "
+    "in the data a model is trained on (default: var_names)"
+)
 MAX_EPOCHS_HELP = "fine-tuning epochs (default: 20, or more on a reference too small for 500 optimiser steps in 20)"
 
 
@@ -297,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
             else "layer holding raw counts (default: X)"
         )
         p.add_argument("--layer", default=None, help=layer_help)
+        p.add_argument("--gene-symbols", default=None, help=GENE_SYMBOLS_HELP)
         if model:
             p.add_argument("--preset", default="cpu", choices=["cpu", "paper"], help="model size")
             p.add_argument("--max-steps", type=int, default=None, help="pre-training steps (0: skip)")
@@ -311,7 +319,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", help="input .h5ad")
     p.add_argument("--out", required=True, help="model folder to write")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--gene-symbols", default=None, help="var column with gene names")
     common(p, model=True)
     p.set_defaults(func=_cmd_pretrain)
 
@@ -369,6 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help=".h5ad to write")
     p.add_argument("--n-genes", type=int, default=1000)
     p.add_argument("--backed", action="store_true", help=BACKED_HELP)
+    p.add_argument("--gene-symbols", default=None, help=GENE_SYMBOLS_HELP)
     p.set_defaults(func=_cmd_embed)
 
     p = sub.add_parser("benchmark", help="compare scRobust with peers on the same seeded splits")

@@ -24,6 +24,12 @@ _VERSION_SUFFIX = r"(?<=\d)[.]\d+$"
 
 #: Below this share of the model's genes found in a query, alignment is refused.
 MIN_GENE_OVERLAP = 0.01
+#: Where a ``var`` column of gene names is given (the functions that take ``gene_symbols=``).
+GENE_SYMBOLS_FIX = (
+    "`gene_symbols='<column>'` for a query in `scrobust.tl.annotate`, `tl.embed`, `tl.marker_genes` or "
+    "`model.align_query(query, gene_symbols=...)` (whose result the model's methods read), for training data in "
+    "`SCRobust.setup_anndata` (command line: `--gene-symbols <column>`); or set `adata.var_names` from that column"
+)
 
 
 @dataclass
@@ -119,16 +125,12 @@ def match_genes(
     if too_few:
         hint = _version_suffix_hint(query_names, model_genes)
         if not hint and looks_like_ensembl(query_names) != looks_like_ensembl(model_genes):
-            hint = (
-                " The query's genes look like Ensembl IDs and the model's do not (or the reverse): pass "
-                "`gene_symbols='<var column with symbols>'` (to `SCRobust.setup_anndata` for training data, to "
-                "`model.align_query(query, gene_symbols=...)` for a query) or set `adata.var_names` from that column."
-            )
+            hint = " The query's genes look like Ensembl IDs and the model's do not (or the reverse)."
         raise ValueError(
             f"Only {report.n_found} of the model's {len(model_genes)} genes are in the query "
             f"(e.g. model genes {list(model_genes[:3])}, query genes {list(query_names[:3])}).{hint} If the "
-            "symbols are in a column of `var`, pass `gene_symbols=` naming it; mouse and human symbols differ "
-            "in case."
+            f"names that match are in a column of `var`, name it: {GENE_SYMBOLS_FIX}; mouse and human symbols "
+            "differ in case."
         )
     return position, report
 

@@ -624,12 +624,12 @@ class SCRobust(BaseModelClass):
             raise ValueError(
                 f"This model reads its counts from layers[{layer!r}], which the query lacks (layers: "
                 f"{list(adata.layers.keys())}). `scrobust.tl.annotate(adata, model=model, layer='X')` reads them "
-                "from adata.X (command line: `--layer X`), or from another layer named by `layer=`; for the "
-                f"model's methods, put them in that layer first: `adata.layers[{layer!r}] = adata.X`."
+                "from adata.X (command line: `--layer X`), or from another layer named by `layer=`; otherwise (the "
+                f"model's methods, `reference=`) put them in that layer first: `adata.layers[{layer!r}] = adata.X`."
             )
-        symbols = gene_symbols if gene_symbols is not None else self._setup_args.get("gene_symbols")
-        if symbols is not None and symbols not in adata.var.columns:
-            symbols = None
+        symbols = gene_symbols  # a column named here must exist (refused by name otherwise)
+        if symbols is None and self._setup_args.get("gene_symbols") in adata.var.columns:
+            symbols = self._setup_args["gene_symbols"]  # the set-up's column, where the query has it
         names = peak_names(adata, symbols) if self.modality == "atac" else None
         aligned, report = align_to_genes(
             adata, pd.Index(self.gene_names_), layer=layer, gene_symbols=symbols, names=names

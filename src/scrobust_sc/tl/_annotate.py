@@ -12,7 +12,7 @@ from scipy import sparse
 from scvi.data._constants import _SETUP_ARGS_KEY
 
 from scrobust_sc._constants import DEFAULT_KEY, EMBEDDING_KEY, MISSING_AS_TEXT, UNKNOWN_LABEL
-from scrobust_sc.data._alignment import align_to_genes
+from scrobust_sc.data._alignment import align_to_genes, query_gene_names
 from scrobust_sc.data._memory import matrix_in_memory
 from scrobust_sc.data._peaks import peak_names
 from scrobust_sc.data._validation import check_finite_nonnegative, detect_input_kind
@@ -154,6 +154,16 @@ def _query_in_models_layer(adata: ad.AnnData, model, layer: str | None) -> ad.An
         obs=pd.DataFrame(index=adata.obs_names.copy()),
         var=adata.var.copy(),
         layers=None if registered is None else {registered: matrix},
+    )
+
+
+def _named_by(adata: ad.AnnData, gene_symbols: str) -> ad.AnnData:
+    """A light AnnData sharing ``adata``'s matrices, its genes named by the ``var`` column ``gene_symbols``."""
+    return ad.AnnData(
+        X=adata.X,
+        obs=pd.DataFrame(index=adata.obs_names.copy()),
+        var=pd.DataFrame(index=query_gene_names(adata, gene_symbols)),
+        layers={k: adata.layers[k] for k in adata.layers},
     )
 
 
@@ -363,6 +373,7 @@ def annotate(
     pretrain_kwargs: dict | None = None,
     modality: str | None = None,
     setup_kwargs: dict | None = None,
+    gene_symbols: str | None = None,
     copy: bool = False,
 ) -> ad.AnnData | None:
     """Annotate cell types with scRobust in one call.
@@ -462,6 +473,12 @@ def annotate(
     setup_kwargs
         Other arguments of :meth:`~scrobust_sc.model.SCRobust.setup_anndata` when a model is
         trained, e.g. ``{"atac_values": "tfidf"}``.
+    gene_symbols
+        ``var`` column of ``adata`` whose names match the model's genes (e.g. symbols, with
+        Ensembl IDs in ``var_names``); default: ``var_names``, or the column the model was set
+        up with where ``adata`` has it. With ``labels_key`` alone it is the set-up's
+        ``gene_symbols`` (unless ``setup_kwargs`` names one); a ``reference``'s column goes in
+        ``setup_kwargs``. A backed ``adata`` is then read into memory.
     copy
         Return an annotated copy instead of writing into ``adata`` (not for a backed
         ``adata``, which is annotated in place: its ``obs``, ``obsm`` and ``uns`` are in memory).
@@ -479,6 +496,7 @@ def annotate(
     >>> adata.obs["scrobust_label"].value_counts()  # doctest: +SKIP
     >>> scrobust.tl.annotate(atac_query, reference=atac_ref, labels_key="cell_type", modality="atac")  # doctest: +SKIP
     >>> scrobust.tl.annotate(query, reference=ref, labels_key="cell_type", pretrain_on_query=True)  # doctest: +SKIP
+    >>> scrobust.tl.annotate(ensembl_query, model=model, gene_symbols="gene_symbols")  # doctest: +SKIP
     """
     whole = isinstance(novelty_neighbors, (int, np.integer)) and not isinstance(novelty_neighbors, bool)
     if novelty_neighbors is not None and (not whole or novelty_neighbors < 1):
@@ -498,6 +516,8 @@ def annotate(
             "ignored."
         )
     check_copy_of_backed(adata, copy)
+    if gene_symbols is not None:
+        query_gene_names(adata, gene_symbols)  # a column that is not there is refused before any training
     if model is not None and modality is not None and modality != model.modality:
         raise ValueError(f"modality={modality!r} but the model was trained on {model.modality!r} data.")
     if model is None:
@@ -506,6 +526,12 @@ def annotate(
         source = reference if reference is not None else adata
         if layer == X_LAYER and X_LAYER not in source.layers:
             layer = None  # "X" reads X, here as with a model
+        if reference is None and gene_symbols is not None:
+            setup_kwargs = {"gene_symbols": gene_symbols, **(setup_kwargs or {})}
+        unlabelled = adata if pretrain_on_query else None
+        checked = adata if gene_symbols is None else _named_by(adata, gene_symbols)
+        if unlabelled is not None:
+            unlabelled = checked
         pre = dict(pretrain_kwargs or {})
         if pretrain_steps is not None and pretrain_steps > 0:
             pre.setdefault("max_steps", pretrain_steps)
@@ -513,8 +539,8 @@ def annotate(
         model = fit_annotator(
             source,
             labels_key,
-            unlabelled=adata if pretrain_on_query else None,
-            query=adata if reference is not None and not pretrain_on_query else None,
+            unlabelled=unlabelled,
+            query=checked if reference is not None and not pretrain_on_query else None,
             layer=layer,
             model_kwargs=model_kwargs,
             pretrain_kwargs=pre,
@@ -527,6 +553,8 @@ def annotate(
         counts_of_query = adata
     else:
         query = counts_of_query = _query_in_models_layer(adata, model, layer)
+    if gene_symbols is not None and query is not model.adata:
+        query = model.align_query(query, gene_symbols=gene_symbols)[0]  # its report: model.last_alignment_
     if model.module.classifier is None or not getattr(model, "is_fine_tuned_", False):
         raise ValueError("The model is not fine-tuned for cell types: train it with labels (`model.train`).")
     proba, novelty, without_input = model._classify_cells(query, None, 256, with_empty=True)
@@ -582,6 +610,7 @@ def annotate(
             "embedding_key": embedding_key,
             "embedding": dict(ANNOTATION_EMBEDDING) if embedding_key is not None else None,
             "pretrain_on_query": bool(pretrain_on_query),
+            "gene_symbols": gene_symbols,
             "train": {k: v for k, v in model.train_params_.get("train", {}).items() if v is not None},
         },
         "cell_types": list(proba.columns if allowed_labels is None else allowed_labels),

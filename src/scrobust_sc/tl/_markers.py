@@ -10,6 +10,7 @@ import pandas as pd
 from scipy import sparse
 
 from scrobust_sc._constants import TARGET_SUM
+from scrobust_sc.data._alignment import query_gene_names
 from scrobust_sc.data._peaks import peak_names
 from scrobust_sc.data._ranking import _row_chunks
 from scrobust_sc.data._validation import check_whole_number
@@ -21,16 +22,19 @@ logger = logging.getLogger("scrobust_sc")
 MARKER_METHOD = "scrobust_attention"
 
 
-def _model_to_var_names(adata: ad.AnnData, model) -> pd.Series:
+def _model_to_var_names(adata: ad.AnnData, model, gene_symbols: str | None = None) -> pd.Series:
     """``adata.var_names`` of each model gene that ``adata`` holds (model genes as index).
 
     Scanpy's plots look genes up in ``var_names``. Model genes are matched to them
-    directly, or through the ``var`` column the model was set up with (``gene_symbols``).
+    directly, or through the ``var`` column ``gene_symbols`` (default: the one the model
+    was set up with).
     """
     model_genes = pd.Index(model.gene_names_)
     var_names = pd.Index(adata.var_names.astype(str))
     mapping = pd.Series(model_genes.where(model_genes.isin(var_names)), index=model_genes, dtype=object)
-    symbols = model._setup_args.get("gene_symbols") if hasattr(model, "_setup_args") else None
+    symbols = gene_symbols
+    if symbols is None and hasattr(model, "_setup_args"):
+        symbols = model._setup_args.get("gene_symbols")
     if getattr(model, "modality", "rna") == "atac":  # peaks match by canonical name, whatever their spelling
         by_peak = pd.Series(var_names, index=peak_names(adata, symbols if symbols in adata.var.columns else None))
         mapping = by_peak[~by_peak.index.duplicated(keep="first")].reindex(model_genes)
@@ -45,7 +49,8 @@ def _model_to_var_names(adata: ad.AnnData, model) -> pd.Series:
             "None of the model's genes is among adata.var_names"
             + (f" or adata.var[{symbols!r}]" if symbols is not None else "")
             + f" (model genes e.g. {list(model_genes[:3])}, adata.var_names e.g. {list(var_names[:3])}). "
-            "Scanpy's marker plots look genes up in var_names: use the same gene identifiers as the model."
+            "Scanpy's marker plots look genes up in var_names: use the same gene identifiers as the model, or "
+            "name the var column that holds them with `gene_symbols=`."
         )
     return mapping
 
@@ -107,6 +112,7 @@ def marker_genes(
     gene_selection: str = "unique",
     n_input_genes: int = 1000,
     batch_size: int = 256,
+    gene_symbols: str | None = None,
     copy: bool = False,
 ) -> ad.AnnData | None:
     """Marker genes per group: the genes the CLS token attends to most.
@@ -154,6 +160,11 @@ def marker_genes(
         Genes per cell in the input.
     batch_size
         Cells per mini-batch.
+    gene_symbols
+        ``var`` column of ``adata`` whose names match the model's genes (e.g. symbols, with
+        Ensembl IDs in ``var_names``); default: ``var_names``, or the column the model was set
+        up with where ``adata`` has it. The markers are still named by ``var_names``. A
+        backed ``adata`` is then read into memory.
     copy
         Return a modified copy instead of writing into ``adata``.
 
@@ -168,6 +179,7 @@ def marker_genes(
     >>> model = scrobust.tl.fit_annotator(adata, "cell_type")  # doctest: +SKIP
     >>> scrobust.tl.marker_genes(adata, model, groupby="cell_type")  # doctest: +SKIP
     >>> sc.pl.rank_genes_groups_heatmap(adata, key="scrobust_markers")  # doctest: +SKIP
+    >>> scrobust.tl.marker_genes(ensembl_query, model, groupby="leiden", gene_symbols="gene_symbols")  # doctest: +SKIP
     """
     if groupby not in adata.obs.columns:
         raise ValueError(f"groupby={groupby!r} is not a column of adata.obs (columns: {list(adata.obs.columns)}).")
@@ -179,13 +191,17 @@ def marker_genes(
             f"marker_genes compares each group with the rest: groupby={groupby!r} needs at least 2 groups, "
             f"it holds {len(present)} ({[str(g) for g in present]})."
         )
-    mapping = _model_to_var_names(adata, model)
+    if gene_symbols is not None:
+        query_gene_names(adata, gene_symbols)  # a column that is not there is refused by name
+    mapping = _model_to_var_names(adata, model, gene_symbols)
     if getattr(model.module, "gene_linear", None) is not None:
         logger.info(
             "This model's classifier also reads the genes through a linear head; the attention markers show "
             "only what the Transformer attends to (weaker after brief fine-tuning than without the head)."
         )
     source = model.adata if adata is model.adata else adata
+    if gene_symbols is not None and source is not model.adata:
+        source = model.align_query(source, gene_symbols=gene_symbols)[0]
     attention = gene_attention(
         model,
         source,
