@@ -799,3 +799,26 @@ def test_annotate_with_a_reference_matches_the_query_by_its_gene_symbols(small_p
         train_kwargs={"n_genes": 64, **QUIET},
     )
     assert query.uns["scrobust"]["gene_alignment"]["n_genes_found"] == small_pbmc.n_vars
+
+
+def test_the_registered_anndata_normalised_in_place_is_refused(small_pbmc, seeded):
+    """Found by review: after `sc.pp.log1p` in place, the model's own AnnData was read as counts, silently."""
+    adata = small_pbmc.copy()
+    scrobust.SCRobust.setup_anndata(adata, labels_key="cell_type")
+    model = scrobust.SCRobust(adata, **TINY)
+    model.train(max_epochs=1, n_genes=64, **QUIET)
+    expected = model.predict_proba().to_numpy()
+    adata.layers["counts"] = adata.X.copy()
+    sc.pp.normalize_total(adata)
+    sc.pp.log1p(adata)
+    calls = {
+        "embed": lambda: scrobust.tl.embed(adata, model),
+        "annotate": lambda: scrobust.tl.annotate(adata, model=model),
+        "predict": lambda: model.predict(),
+    }
+    for name, call in calls.items():
+        with pytest.raises(ValueError, match=r"changed in place since `setup_anndata`.*layer='counts'"):
+            call()
+        assert "X_scrobust" not in adata.obsm and "scrobust_label" not in adata.obs, name
+    scrobust.tl.annotate(adata, model=model, layer="counts", novelty_threshold=None)  # the named fix works
+    np.testing.assert_allclose(adata.obsm["scrobust_probabilities"], expected, rtol=1e-5, atol=1e-6)

@@ -42,6 +42,27 @@ def sampled_nonzero_values(matrix, *, where: str) -> np.ndarray:
     return values
 
 
+def sampled_rows(matrix, n_values: int = N_VALUES_CHECKED):
+    """Evenly spaced rows of ``matrix`` holding about ``n_values`` stored values (all rows if fewer).
+
+    A cheap sample for checking the scale of a large matrix again, e.g. on every call.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> sampled_rows(np.arange(12).reshape(6, 2), n_values=6).tolist()
+    [[0, 1], [4, 5], [10, 11]]
+    """
+    stored = matrix.nnz if sparse.issparse(matrix) else int(np.prod(matrix.shape))
+    if stored <= n_values:
+        return matrix
+    if sparse.issparse(matrix) and matrix.format not in ("csr", "csc"):
+        matrix = matrix.tocsr()
+    n_rows = matrix.shape[0]
+    rows = np.unique(np.linspace(0, n_rows - 1, max(1, n_rows * n_values // stored)).astype(np.int64))
+    return matrix[rows]
+
+
 def check_finite_nonnegative(matrix, *, where: str = "the expression matrix") -> None:
     """Raise ``ValueError`` for NaN, infinite or negative values.
 

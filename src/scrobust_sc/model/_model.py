@@ -51,6 +51,7 @@ from scrobust_sc.data._validation import (
     check_gene_names,
     check_whole_number,
     detect_input_kind,
+    sampled_rows,
 )
 from scrobust_sc.model._linear_expert import expert_rows, fit_linear_expert
 from scrobust_sc.model._linear_genes import AUTO_LINEAR_HVGS, MAX_CHOICE_CELLS, choice_rows, choose_linear_genes
@@ -579,6 +580,7 @@ class SCRobust(BaseModelClass):
             if self.adata is None:
                 raise ValueError("This model has no AnnData attached (it was loaded without one): pass `adata=`.")
             self.last_alignment_ = None
+            self._check_own_scale()
             return super()._validate_anndata(adata, copy_if_view)
         if self._registered_here(adata):  # a query copy this model aligned: it carries its report
             self.last_alignment_ = adata.uns.get("scrobust_alignment")
@@ -591,6 +593,38 @@ class SCRobust(BaseModelClass):
             self.last_alignment_ = report.as_dict()
         self._forget_queries()  # scvi-tools' registry keeps every registered AnnData alive
         return super()._validate_anndata(aligned, copy_if_view)
+
+    def _check_own_scale(self) -> None:
+        """Refuse the model's own AnnData when its counts (or log values) were changed in place since set-up.
+
+        Reads evenly spaced rows (about :data:`~scrobust_sc.data._validation.N_VALUES_CHECKED`
+        values), so that the check stays cheap on every call; a query gets the same check in
+        :meth:`align_query`.
+        """
+        declared = self._setup_args.get("is_log_normalized")
+        if self.modality != "rna" or declared is None:
+            return
+        layer = self._setup_args.get("layer")
+        matrix = self.adata.X if layer is None else self.adata.layers[layer] if layer in self.adata.layers else None
+        if matrix is None:
+            return
+        sample = sampled_rows(matrix)
+        if not (sample.nnz if sparse.issparse(sample) else np.count_nonzero(sample)):
+            return
+        where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+        kind = "log-normalised values" if declared else "raw counts"
+        try:
+            check_finite_nonnegative(sample, where=where)
+            detect_input_kind(sample, is_log_normalized=declared, where=where)
+        except ValueError as err:
+            raise ValueError(
+                f"{where} of the AnnData this model was set up with no longer holds {kind}: it was changed in place "
+                "since `setup_anndata` (e.g. by `sc.pp.normalize_total` and `sc.pp.log1p`), and the model would "
+                f"misread it ({str(err).split('. ')[0]}). Read the cells' {kind} from a layer that holds them: "
+                "`scrobust.tl.annotate(adata, model=model, layer='counts')`; or put them back in "
+                f"{where}, or pass a copy of the cells that holds them there. Before normalising in place, keep "
+                "them in a layer: `adata.layers['counts'] = adata.X.copy()`."
+            ) from None
 
     def _registered_here(self, adata: ad.AnnData) -> bool:
         """Whether ``adata`` is itself a query copy this model registered (and has not forgotten yet).
