@@ -2,6 +2,7 @@
 
 import anndata as ad
 import numpy as np
+import pandas as pd
 import pytest
 import scanpy as sc
 
@@ -822,3 +823,55 @@ def test_the_registered_anndata_normalised_in_place_is_refused(small_pbmc, seede
         assert "X_scrobust" not in adata.obsm and "scrobust_label" not in adata.obs, name
     scrobust.tl.annotate(adata, model=model, layer="counts", novelty_threshold=None)  # the named fix works
     np.testing.assert_allclose(adata.obsm["scrobust_probabilities"], expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("category", ["Unknown", "unlabelled"])
+def test_unlabelled_cells_are_never_a_taught_type_whatever_the_unlabeled_category(small_pbmc, seeded, category):
+    """NaN, the ``unlabeled_category`` and "Unknown" (the call for novel cells) are never taught as types."""
+    reference, query = small_pbmc[:150].copy(), small_pbmc[150:].copy()
+    reference.obs["known"] = reference.obs["cell_type"].astype(object)
+    reference.obs.loc[reference.obs_names[:20], "known"] = np.nan
+    reference.obs.loc[reference.obs_names[20:30], "known"] = "unlabelled"
+    reference.obs.loc[reference.obs_names[30:40], "known"] = "Unknown"
+    before = reference.obs.copy()
+    setup = {"unlabeled_category": category}
+    model = scrobust.tl.fit_annotator(reference, "known", unlabelled=query, setup_kwargs=setup, **FIT)
+    taught = set(reference.obs["known"].iloc[40:].astype(str))
+    if category == "Unknown":  # the default: a type named "unlabelled" is the user's to teach
+        taught.add("unlabelled")
+    assert set(model.cell_types_) == taught
+    labels = model.adata.obs["known"].astype(str).to_numpy()
+    assert (labels[:40][reference.obs["known"].iloc[:40].astype(str) != "unlabelled"] == category).all()
+    assert (labels[reference.n_obs :] == category).all()  # the query's cells: pre-trained on, never taught
+    pd.testing.assert_frame_equal(reference.obs, before)
+    scrobust.tl.annotate(
+        reference,
+        labels_key="known",
+        setup_kwargs=setup,
+        model_kwargs=TINY,
+        pretrain_steps=0,
+        max_epochs=2,
+        train_kwargs={"n_genes": 64, **QUIET},
+    )
+    assert set(reference.uns["scrobust"]["cell_types"]) == taught
+
+
+def test_setup_kwargs_batch_key_reads_the_users_column(small_pbmc, seeded, caplog):
+    from scvi.data._constants import _SETUP_ARGS_KEY
+
+    reference, query = small_pbmc[:150].copy(), small_pbmc[150:].copy()
+    reference.obs["batch"] = np.arange(reference.n_obs) % 2  # numbers: converted to text, as labels are
+    query.obs["batch"] = "q"
+    with caplog.at_level("WARNING", logger="scrobust_sc"):
+        model = scrobust.tl.fit_annotator(
+            reference, "cell_type", unlabelled=query, setup_kwargs={"batch_key": "batch"}, **FIT
+        )
+    assert model.registry_[_SETUP_ARGS_KEY]["batch_key"] == "batch"
+    assert list(model.adata.obs["batch"].astype(str)) == [*map(str, reference.obs["batch"]), *query.obs["batch"]]
+    assert "does not condition on batches" in caplog.text  # recorded only: no batch effect is corrected
+    with pytest.raises(ValueError, match=r"batch_key='sample' is not a column of adata.obs \(columns: \[.*'batch'\]\)"):
+        scrobust.tl.fit_annotator(reference, "cell_type", setup_kwargs={"batch_key": "sample"}, **FIT)
+    with pytest.raises(ValueError, match=r"query\.obs\['batch'\] = 'query'"):
+        scrobust.tl.fit_annotator(
+            reference, "cell_type", unlabelled=small_pbmc[150:].copy(), setup_kwargs={"batch_key": "batch"}, **FIT
+        )

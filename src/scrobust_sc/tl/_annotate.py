@@ -78,30 +78,69 @@ def _warn_about_suspicious_labels(labels: pd.Series, labels_key: str) -> None:
         )
 
 
-def _training_view(
-    adata: ad.AnnData, labels_key: str, layer: str | None, modality: str = "rna", gene_symbols: str | None = None
-) -> ad.AnnData:
-    """A light AnnData sharing ``adata``'s counts, with NaN labels marked unlabelled.
+def _unlabelled_category(setup_kwargs: dict | None) -> str:
+    """The label that marks unlabelled cells: ``setup_kwargs["unlabeled_category"]`` as text, or "Unknown"."""
+    return str((setup_kwargs or {}).get("unlabeled_category", UNKNOWN_LABEL))
 
-    For ATAC its ``var_names`` are the canonical peak names. Of ``var``'s columns only
-    ``gene_symbols`` is kept (``setup_anndata`` reads the names from it).
+
+def _obs_keys(setup_kwargs: dict | None) -> dict[str, str]:
+    """The ``obs`` columns that ``setup_kwargs`` name (e.g. ``batch_key``), by argument name."""
+    return {arg: key for arg, key in (setup_kwargs or {}).items() if arg.endswith("_key") and key is not None}
+
+
+def _as_text(column: pd.Series) -> pd.Categorical:
+    """``column`` as categorical text (numbers, booleans), missing values kept missing."""
+    values = column.astype(object).to_numpy()
+    text = values.astype(str).astype(object)
+    text[pd.isna(values)] = np.nan
+    return pd.Categorical(text)
+
+
+def _training_view(
+    adata: ad.AnnData, labels_key: str, layer: str | None, modality: str = "rna", setup_kwargs: dict | None = None
+) -> ad.AnnData:
+    """A light AnnData sharing ``adata``'s counts, with NaN and "Unknown" labels marked unlabelled.
+
+    Unlabelled cells carry ``setup_kwargs``' ``unlabeled_category`` (default "Unknown"), so that
+    they are never a taught type; "Unknown", the call for cells of no known type, is never
+    taught either. Of ``obs`` it keeps the labels and the columns ``setup_kwargs`` name
+    (``batch_key``, as text). For ATAC its ``var_names`` are the canonical peak names. Of
+    ``var``'s columns only ``gene_symbols`` is kept (``setup_anndata`` reads the names from it).
     A backed ``adata`` (``read_h5ad(path, backed="r")``) has its matrix read into memory, as
     training needs it: sparse stays sparse, dense is checked against the memory budget.
     """
-    if labels_key not in adata.obs.columns:
-        raise ValueError(
-            f"labels_key={labels_key!r} is not a column of adata.obs (columns: {list(adata.obs.columns)})."
-        )
+    setup_kwargs = setup_kwargs or {}
+    for arg, key in {"labels_key": labels_key, **_obs_keys(setup_kwargs)}.items():
+        if key not in adata.obs.columns:
+            raise ValueError(f"{arg}={key!r} is not a column of adata.obs (columns: {list(adata.obs.columns)}).")
+    unlabelled = _unlabelled_category(setup_kwargs)
     labels = adata.obs[labels_key].astype(object)
-    labels = labels.where(labels.notna(), UNKNOWN_LABEL).astype(str)
-    if (labels == UNKNOWN_LABEL).all():
-        raise ValueError(f"adata.obs[{labels_key!r}] has no labelled cell (all NaN or {UNKNOWN_LABEL!r}).")
+    labels = labels.where(labels.notna(), unlabelled).astype(str)
+    n_unknown = int((labels == UNKNOWN_LABEL).sum()) if unlabelled != UNKNOWN_LABEL else 0
+    if n_unknown:
+        logger.info(
+            "%d cells of adata.obs[%r] labelled %r are left unlabelled, as %r cells are: %r is the call for cells "
+            "of no known type, never a taught type.",
+            n_unknown,
+            labels_key,
+            UNKNOWN_LABEL,
+            unlabelled,
+            UNKNOWN_LABEL,
+        )
+        labels = labels.where(labels != UNKNOWN_LABEL, unlabelled)
+    if (labels == unlabelled).all():
+        marks = ", ".join(repr(m) for m in dict.fromkeys([UNKNOWN_LABEL, unlabelled]))
+        raise ValueError(f"adata.obs[{labels_key!r}] has no labelled cell (all NaN or {marks}).")
     _warn_about_suspicious_labels(labels, labels_key)
     obs = pd.DataFrame({labels_key: pd.Categorical(labels)}, index=adata.obs_names.copy())
+    for key in _obs_keys(setup_kwargs).values():
+        if key != labels_key:
+            obs[key] = _as_text(adata.obs[key])
     matrix = _counts(adata, layer)
     if adata.isbacked:
         matrix = matrix_in_memory(matrix, what="Reading the backed (on-disk) reference matrix into memory for training")
     var = pd.DataFrame(index=peak_names(adata) if modality == "atac" else adata.var_names.copy())
+    gene_symbols = setup_kwargs.get("gene_symbols")
     if gene_symbols is not None and gene_symbols in adata.var.columns:
         var[gene_symbols] = adata.var[gene_symbols].to_numpy()
     if layer is None:
@@ -215,9 +254,24 @@ def _check_same_scale(reference, unlabelled, modality: str) -> None:
 
 
 def _with_unlabelled(
-    view: ad.AnnData, unlabelled: ad.AnnData, labels_key: str, layer: str | None, modality: str
+    view: ad.AnnData,
+    unlabelled: ad.AnnData,
+    labels_key: str,
+    layer: str | None,
+    modality: str,
+    setup_kwargs: dict | None = None,
 ) -> ad.AnnData:
-    """``view`` followed by ``unlabelled``'s cells, matched to ``view``'s features by name, label-less."""
+    """``view`` followed by ``unlabelled``'s cells, matched to ``view``'s features by name, label-less.
+
+    Their label is ``setup_kwargs``' ``unlabeled_category``; the ``obs`` columns ``setup_kwargs``
+    name (``batch_key``) come from ``unlabelled``'s own.
+    """
+    for arg, key in _obs_keys(setup_kwargs).items():
+        if key not in unlabelled.obs.columns:
+            raise ValueError(
+                f"{arg}={key!r} is not a column of the unlabelled cells' (the query's) obs (columns: "
+                f"{list(unlabelled.obs.columns)}): every cell needs one. Add it, e.g. `query.obs[{key!r}] = 'query'`."
+            )
     if layer is not None and layer not in unlabelled.layers:
         raise ValueError(
             f"layer {layer!r} is not in the unlabelled cells' (the query's) layers "
@@ -232,8 +286,13 @@ def _with_unlabelled(
         matrix = sparse.vstack([sparse.csr_matrix(top, dtype=dtype), sparse.csr_matrix(bottom, dtype=dtype)], "csr")
     else:
         matrix = np.vstack([np.asarray(top, dtype=dtype), np.asarray(bottom, dtype=dtype)])
-    labels = np.concatenate([view.obs[labels_key].astype(str).to_numpy(), np.full(aligned.n_obs, UNKNOWN_LABEL)])
+    no_label = np.full(aligned.n_obs, _unlabelled_category(setup_kwargs))
+    labels = np.concatenate([view.obs[labels_key].astype(str).to_numpy(), no_label])
     obs = pd.DataFrame({labels_key: pd.Categorical(labels)}, index=view.obs_names.append(aligned.obs_names))
+    for key in _obs_keys(setup_kwargs).values():
+        if key != labels_key:
+            both = np.concatenate([view.obs[key].astype(object).to_numpy(), _as_text(unlabelled.obs[key]).to_numpy()])
+            obs[key] = pd.Categorical(both)
     logger.info(
         "Pre-training also on %d unlabelled cells (%.1f%% of the reference's features missing from them).",
         aligned.n_obs,
@@ -266,9 +325,10 @@ def fit_annotator(
 ):
     """Pre-train on all cells of ``reference`` and fine-tune on its labelled cells.
 
-    Cells whose label is NaN or ``"Unknown"`` are used for pre-training only, and so are the
-    cells of ``unlabelled`` (e.g. the query to annotate), whose genes (or peaks) are matched
-    to ``reference``'s by name, missing ones counting as not expressed. ``modality``
+    Cells whose label is NaN or ``"Unknown"`` (or ``setup_kwargs``' ``unlabeled_category``)
+    are used for pre-training only, never taught as a type, and so are the cells of
+    ``unlabelled`` (e.g. the query to annotate), whose genes (or peaks) are matched to
+    ``reference``'s by name, missing ones counting as not expressed. ``modality``
     (``"rna"`` or ``"atac"``) and ``setup_kwargs`` (e.g. ``{"atac_values": "tfidf"}``) go to
     :meth:`~scrobust_sc.model.SCRobust.setup_anndata`. ``query``, cells the model is to
     annotate, is checked as the trained model will read it (its ``layer``, the genes it shares
@@ -284,10 +344,17 @@ def fit_annotator(
     """
     from scrobust_sc.model import SCRobust
 
-    work = _training_view(reference, labels_key, layer, modality, (setup_kwargs or {}).get("gene_symbols"))
+    setup = {**(setup_kwargs or {}), "unlabeled_category": _unlabelled_category(setup_kwargs)}
+    work = _training_view(reference, labels_key, layer, modality, setup)
     if unlabelled is not None:
-        work = _with_unlabelled(work, unlabelled, labels_key, layer, modality)
-    SCRobust.setup_anndata(work, layer=layer, labels_key=labels_key, modality=modality, **(setup_kwargs or {}))
+        work = _with_unlabelled(work, unlabelled, labels_key, layer, modality, setup)
+    if setup.get("batch_key") is not None:
+        logger.warning(
+            "batch_key=%r is recorded with the model, but scRobust's encoder does not condition on batches: no "
+            "batch effect is corrected.",
+            setup["batch_key"],
+        )
+    SCRobust.setup_anndata(work, layer=layer, labels_key=labels_key, modality=modality, **setup)
     model = SCRobust(work, **(model_kwargs or {}))
     if query is not None:
         model.align_query(query)  # the checks the trained model runs on the query, before any training
@@ -472,7 +539,9 @@ def annotate(
         model's own modality, if given.
     setup_kwargs
         Other arguments of :meth:`~scrobust_sc.model.SCRobust.setup_anndata` when a model is
-        trained, e.g. ``{"atac_values": "tfidf"}``.
+        trained, e.g. ``{"atac_values": "tfidf"}``. ``unlabeled_category`` marks more unlabelled
+        cells (NaN and ``"Unknown"`` are always unlabelled); ``batch_key`` is recorded with the
+        model, but the encoder does not condition on batches (logged).
     gene_symbols
         ``var`` column of ``adata`` whose names match the model's genes (e.g. symbols, with
         Ensembl IDs in ``var_names``); default: ``var_names``, or the column the model was set
