@@ -15,7 +15,8 @@ logger = logging.getLogger("scrobust_sc")
 
 BACKED_HELP = (
     "read the query from disk in chunks (anndata backed='r') instead of loading it: its matrix is never "
-    "held whole; the output .h5ad is a copy of the input file with the annotations added"
+    "held whole (except with --gene-symbols, which reads it into memory); the output .h5ad is a copy of the "
+    "input file with the annotations added"
 )
 
 
