@@ -76,6 +76,17 @@ def test_missing_labels_are_refused_with_the_fix(small_pbmc):
         SCRobust.setup_anndata(small_pbmc, labels_key="cell_type")
 
 
+def test_unknown_labels_are_refused_when_another_category_marks_unlabelled_cells(small_pbmc):
+    """ "Unknown" is the call for novel cells: with unlabeled_category="x" it would be taught as a type."""
+    small_pbmc.obs["cell_type"] = small_pbmc.obs["cell_type"].astype(object)
+    small_pbmc.obs.iloc[:3, small_pbmc.obs.columns.get_loc("cell_type")] = "Unknown"
+    with pytest.raises(ValueError, match=r"3 cells labelled 'Unknown'.*unlabeled_category='Unknown'"):
+        SCRobust.setup_anndata(small_pbmc, labels_key="cell_type", unlabeled_category="unlabelled")
+    SCRobust.setup_anndata(small_pbmc, labels_key="cell_type")  # the default marks them unlabelled
+    model = SCRobust(small_pbmc, d_model=16, n_heads=2)
+    assert "Unknown" not in model.cell_types_
+
+
 def test_unknown_obs_key_is_refused(small_pbmc):
     with pytest.raises(ValueError, match="not a column of adata.obs"):
         SCRobust.setup_anndata(small_pbmc, labels_key="celltype")

@@ -477,7 +477,8 @@ class SCRobust(BaseModelClass):
         is_log_normalized
             ``None`` detects the scale; ``True`` or ``False`` asserts it (checked).
         unlabeled_category
-            Label value of unlabelled cells.
+            Label value of unlabelled cells. Cells labelled ``"Unknown"`` (the call for cells of
+            no known type) are refused with any other value: they would be taught as a type.
         modality
             ``"rna"`` (default) or ``"atac"``: peaks (or bins) are the tokens, raw peak counts
             or 0/1 are expected and binarised (no per-cell normalisation or log of counts);
@@ -542,6 +543,13 @@ class SCRobust(BaseModelClass):
                     f"adata.obs[{labels_key!r}] has {n_missing} missing labels (NaN). Mark unlabelled cells with "
                     f"{unlabeled_category!r} (e.g. `adata.obs[key] = adata.obs[key].astype(object)"
                     f".fillna({unlabeled_category!r})`), or use `scrobust.tl.annotate`, which does this itself."
+                )
+            n_unknown = int((adata.obs[labels_key].astype(object) == UNKNOWN_LABEL).sum())
+            if n_unknown and str(unlabeled_category) != UNKNOWN_LABEL:
+                raise ValueError(
+                    f"adata.obs[{labels_key!r}] has {n_unknown} cells labelled {UNKNOWN_LABEL!r}, the call for cells "
+                    f"of no known type; with unlabeled_category={unlabeled_category!r} they would be taught as a "
+                    f"type. Pass unlabeled_category={UNKNOWN_LABEL!r} to leave them unlabelled, or relabel them."
                 )
         fields = [
             LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=False),
