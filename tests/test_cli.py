@@ -392,3 +392,15 @@ def test_cli_reads_gene_symbols_of_the_query_and_the_reference(files, capsys):
     assert main(["annotate", *argv]) == 0
     assert main(["embed", ids, "--model", model, *out, "--gene-symbols", "symbol"]) == 0
     assert ad.read_h5ad(files / "a.h5ad").obsm["X_scrobust"].shape[0] == ad.read_h5ad(ids).n_obs
+
+
+def test_cli_annotate_reference_reads_gene_symbols_of_the_query_alone(files):
+    """Found by review: --gene-symbols with --reference also required the column in the reference."""
+    query = ad.read_h5ad(files / "query.h5ad")
+    query.var["symbol"] = query.var_names.astype(str)
+    query.var_names = [f"ENSG{i:011d}" for i in range(query.n_vars)]
+    query.write_h5ad(files / "query_ids.h5ad")
+    argv = ["annotate", "--reference", str(files / "ref.h5ad"), "--labels-key", "cell_type"]
+    argv += ["--query", str(files / "query_ids.h5ad"), "--out", str(files / "a.h5ad"), "--gene-symbols", "symbol"]
+    assert main([*argv, "--max-steps", "0", "--max-epochs", "1"]) == 0
+    assert ad.read_h5ad(files / "a.h5ad").obs["scrobust_label"].notna().all()

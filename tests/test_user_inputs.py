@@ -693,6 +693,25 @@ def test_a_layer_model_annotates_a_query_with_its_counts_in_x(small_pbmc, layer_
     scrobust.tl.annotate(query, model=layer_model)  # the model's layer, when the query has it
 
 
+def test_a_layer_model_streams_a_backed_query_with_its_counts_in_x(small_pbmc, layer_model, tmp_path):
+    """Found by review: layer='X' on a backed query crashed in the gene alignment."""
+    small_pbmc.write_h5ad(tmp_path / "q.h5ad")
+    in_memory = small_pbmc.copy()
+    scrobust.tl.annotate(in_memory, model=layer_model, layer="X", novelty_threshold=None)
+    backed = ad.read_h5ad(tmp_path / "q.h5ad", backed="r")
+    scrobust.tl.annotate(backed, model=layer_model, layer="X", novelty_threshold=None)
+    np.testing.assert_allclose(
+        backed.obsm["scrobust_probabilities"], in_memory.obsm["scrobust_probabilities"], rtol=1e-5, atol=1e-6
+    )
+    both = ad.read_h5ad(tmp_path / "q.h5ad")
+    both.layers["counts"] = both.X.copy()
+    both.write_h5ad(tmp_path / "both.h5ad")
+    with pytest.raises(
+        ValueError, match=r"backed query is read where the model reads its counts \(layers\['counts'\].*in memory"
+    ):
+        scrobust.tl.annotate(ad.read_h5ad(tmp_path / "both.h5ad", backed="r"), model=layer_model, layer="X")
+
+
 def test_the_gene_report_recorded_is_that_of_the_query_read(small_pbmc, counts_model):
     """Found by review: an aligned query was recorded with the report of the query read before it."""
     panel = small_pbmc[:, 200:].copy()  # 600 of the model's 800 genes
@@ -875,3 +894,50 @@ def test_setup_kwargs_batch_key_reads_the_users_column(small_pbmc, seeded, caplo
         scrobust.tl.fit_annotator(
             reference, "cell_type", unlabelled=small_pbmc[150:].copy(), setup_kwargs={"batch_key": "batch"}, **FIT
         )
+
+
+def test_review_of_the_new_query_paths(small_pbmc, layer_model, seeded, tmp_path, monkeypatch):
+    """Found by a review of this release's query paths: each case failed or named a fix that did not work."""
+    # tl.embed cannot read X for a model set up on a layer: the error names the fix that works for it
+    with pytest.raises(ValueError, match=r"tl.embed.*adata.layers\['counts'\] = adata.X"):
+        scrobust.tl.embed(small_pbmc.copy(), layer_model)
+    # layer="X" trains on X, as tl.annotate reads it
+    model = scrobust.tl.fit_annotator(small_pbmc, "cell_type", layer="X", **FIT)
+    assert model.registry_["setup_args"]["layer"] is None
+    # pretrain_on_query with gene_symbols keeps the query's obs, so its batch column is found
+    query = _ensembl_ids_with_symbols(small_pbmc)
+    reference = small_pbmc.copy()
+    reference.obs["batch"] = "ref"
+    query.obs["batch"] = "query"
+    scrobust.tl.annotate(
+        query,
+        reference=reference,
+        labels_key="cell_type",
+        gene_symbols="symbol",
+        pretrain_on_query=True,
+        pretrain_steps=2,
+        setup_kwargs={"batch_key": "batch"},
+        model_kwargs=TINY,
+        train_kwargs={"max_epochs": 1, **QUIET},
+    )
+    assert "scrobust_label" in query.obs
+    # a backed query is checked before training on its first cells only, read into memory
+    small_pbmc.write_h5ad(tmp_path / "q.h5ad")
+    checked = []
+    align = scrobust.SCRobust.align_query
+
+    def spy(self, adata, *args, **kwargs):
+        checked.append((adata.n_obs, adata.isbacked))
+        return align(self, adata, *args, **kwargs)
+
+    monkeypatch.setattr(scrobust.SCRobust, "align_query", spy)
+    monkeypatch.setattr(scrobust.tl._annotate, "QUERY_CHECK_CELLS", 50)
+    backed = ad.read_h5ad(tmp_path / "q.h5ad", backed="r")
+    scrobust.tl.annotate(
+        backed,
+        reference=small_pbmc,
+        labels_key="cell_type",
+        pretrain_steps=0,
+        **{k: v for k, v in FIT.items() if k != "pretrain"},
+    )
+    assert checked[0] == (50, False)

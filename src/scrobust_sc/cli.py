@@ -105,10 +105,14 @@ def _write(adata, path: str, csv: str | None, key: str = "scrobust") -> None:
         logger.info("wrote %s", csv)
 
 
-def _setup(args) -> dict:
-    """``modality`` and ``setup_kwargs`` for a model trained from the command line."""
+def _setup(args, reference=None) -> dict:
+    """``modality`` and ``setup_kwargs`` for a model trained from the command line.
+
+    ``--gene-symbols`` names the training data's gene column when ``reference`` (the
+    training data, if given) has it; otherwise it names the query's alone.
+    """
     setup_kwargs = {"atac_values": args.atac_values}
-    if args.gene_symbols is not None:
+    if args.gene_symbols is not None and (reference is None or args.gene_symbols in reference.var.columns):
         setup_kwargs["gene_symbols"] = args.gene_symbols
     return {"modality": args.modality or "rna", "setup_kwargs": setup_kwargs}
 
@@ -199,7 +203,7 @@ def _cmd_annotate(args) -> None:
             pretrain_kwargs=quiet,
             train_kwargs=quiet,
             gene_symbols=args.gene_symbols,
-            **_setup(args),
+            **_setup(args, reference),
         )
     _write(query, args.out, args.csv)
 
@@ -286,7 +290,7 @@ def _cmd_demo(args) -> None:
 
 GENE_SYMBOLS_HELP = (
     "var column with the gene names to match (e.g. symbols beside Ensembl IDs in var_names), in the query and "
-    "in the data a model is trained on (default: var_names)"
+    "in the data a model is trained on, where that has it (default: var_names)"
 )
 MAX_EPOCHS_HELP = "fine-tuning epochs (default: 20, or more on a reference too small for 500 optimiser steps in 20)"
 

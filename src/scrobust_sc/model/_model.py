@@ -628,9 +628,9 @@ class SCRobust(BaseModelClass):
             raise ValueError(
                 f"{where} of the AnnData this model was set up with no longer holds {kind}: it was changed in place "
                 "since `setup_anndata` (e.g. by `sc.pp.normalize_total` and `sc.pp.log1p`), and the model would "
-                f"misread it ({str(err).split('. ')[0]}). Read the cells' {kind} from a layer that holds them: "
-                "`scrobust.tl.annotate(adata, model=model, layer='counts')`; or put them back in "
-                f"{where}, or pass a copy of the cells that holds them there. Before normalising in place, keep "
+                f"misread it ({str(err).split('. ')[0]}). Put them back in {where}, or pass a copy of the cells "
+                f"that holds them there; a fine-tuned model can also read them from a layer that holds them: "
+                "`scrobust.tl.annotate(adata, model=model, layer='counts')`. Before normalising in place, keep "
                 "them in a layer: `adata.layers['counts'] = adata.X.copy()`."
             ) from None
 
@@ -666,8 +666,9 @@ class SCRobust(BaseModelClass):
             raise ValueError(
                 f"This model reads its counts from layers[{layer!r}], which the query lacks (layers: "
                 f"{list(adata.layers.keys())}). `scrobust.tl.annotate(adata, model=model, layer='X')` reads them "
-                "from adata.X (command line: `--layer X`), or from another layer named by `layer=`; otherwise (the "
-                f"model's methods, `reference=`) put them in that layer first: `adata.layers[{layer!r}] = adata.X`."
+                "from adata.X (command line: `predict` or `annotate --layer X`), or from another layer named by "
+                "`layer=`; otherwise (`tl.embed`, the model's methods, `reference=`) put them in that layer first: "
+                f"`adata.layers[{layer!r}] = adata.X`."
             )
         symbols = gene_symbols  # a column named here must exist (refused by name otherwise)
         if symbols is None and self._setup_args.get("gene_symbols") in adata.var.columns:
@@ -1288,6 +1289,8 @@ class SCRobust(BaseModelClass):
             part = positions[start : start + BACKED_CHUNK_CELLS]
             rows, order = np.unique(part, return_inverse=True)  # h5py reads increasing rows
             chunk = adata[rows].to_memory()
+            if layer is not None and layer not in chunk.layers:  # the file's X (tl.annotate's layer="X")
+                chunk.layers[layer] = chunk.X
             if genes is not None:
                 chunk = chunk[:, genes].copy()
             if not np.array_equal(order, np.arange(rows.size)):

@@ -38,6 +38,8 @@ UNKNOWN_SHARE_WARNING = 0.2
 ANNOTATION_UNS_KEYS = ("params", "cell_types", "gene_alignment")
 #: ``get_latent_representation`` settings of the embedding ``annotate`` stores (its defaults).
 ANNOTATION_EMBEDDING = {"layer": -1, "gene_selection": "unique", "n_genes": 1000}
+#: Cells of a backed query checked before training (its first ones; the rest when annotated).
+QUERY_CHECK_CELLS = 8192
 #: ``layer=`` value that reads a query's ``X`` (for a model set up on a layer).
 X_LAYER = "X"
 
@@ -178,10 +180,18 @@ def _query_in_models_layer(adata: ad.AnnData, model, layer: str | None) -> ad.An
         raise ValueError(
             f"The model reads its counts from layers[{registered!r}], which this query lacks (layers: "
             f"{list(adata.layers.keys())}). Pass the query's layer of raw counts with `layer=`; `layer='X'` "
-            "reads its counts from adata.X (command line: `--layer X`)."
+            "reads its counts from adata.X (command line: `predict` or `annotate --layer X`)."
         )
     if layer is None or layer == registered or (layer == X_LAYER and registered is None):
         return adata
+    if adata.isbacked:  # streamed from the file: the model's layer, or X where the file lacks that layer
+        if layer == X_LAYER and registered not in adata.layers:
+            return adata
+        raise ValueError(
+            f"A backed query is read where the model reads its counts (layers[{registered!r}], or X when the "
+            f"file lacks that layer), not from layer={layer!r}. Load it in memory (`adata.to_memory()`, or "
+            "without --backed), or store its counts in that layer of the file."
+        )
     matrix = adata.X if layer == X_LAYER else _counts(adata, layer)
     if matrix is None:
         raise ValueError(
@@ -197,10 +207,10 @@ def _query_in_models_layer(adata: ad.AnnData, model, layer: str | None) -> ad.An
 
 
 def _named_by(adata: ad.AnnData, gene_symbols: str) -> ad.AnnData:
-    """A light AnnData sharing ``adata``'s matrices, its genes named by the ``var`` column ``gene_symbols``."""
+    """A light AnnData sharing ``adata``'s matrices and ``obs``; its genes named by the column ``gene_symbols``."""
     return ad.AnnData(
         X=adata.X,
-        obs=pd.DataFrame(index=adata.obs_names.copy()),
+        obs=adata.obs.copy(),
         var=pd.DataFrame(index=query_gene_names(adata, gene_symbols)),
         layers={k: adata.layers[k] for k in adata.layers},
     )
@@ -220,9 +230,12 @@ def novelty_over_neighbourhoods(model, adata: ad.AnnData, novelty: np.ndarray, n
         return None
     if not reads_neighbourhoods(novelty.shape[0], int(n_neighbors)):
         return None  # each cell's own novelty, recorded as such
+    layer = model.registry_[_SETUP_ARGS_KEY].get("layer")
+    if layer is not None and adata.isbacked and layer not in adata.layers:
+        layer = None  # a backed file read from its X (layer="X"), as the model's batches read it
     return neighbourhood_novelty(
         novelty,
-        _counts(adata, model.registry_[_SETUP_ARGS_KEY].get("layer")),
+        _counts(adata, layer),
         input_is_log=bool(model.module.input_is_log),
         n_neighbors=int(n_neighbors),
     )
@@ -344,6 +357,8 @@ def fit_annotator(
     """
     from scrobust_sc.model import SCRobust
 
+    if layer == X_LAYER and X_LAYER not in reference.layers:
+        layer = None  # "X" reads X, as in annotate
     setup = {**(setup_kwargs or {}), "unlabeled_category": _unlabelled_category(setup_kwargs)}
     work = _training_view(reference, labels_key, layer, modality, setup)
     if unlabelled is not None:
@@ -357,7 +372,9 @@ def fit_annotator(
     SCRobust.setup_anndata(work, layer=layer, labels_key=labels_key, modality=modality, **setup)
     model = SCRobust(work, **(model_kwargs or {}))
     if query is not None:
-        model.align_query(query)  # the checks the trained model runs on the query, before any training
+        # the checks the trained model runs on the query, before any training; a backed query on its
+        # first cells, so that its matrix is not read whole
+        model.align_query(query[: min(query.n_obs, QUERY_CHECK_CELLS)].to_memory() if query.isbacked else query)
     if pretrain:
         model.pretrain(**(pretrain_kwargs or {}))
         _stop_if_interrupted(model, "Pre-training")
