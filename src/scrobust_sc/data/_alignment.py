@@ -32,6 +32,22 @@ GENE_SYMBOLS_FIX = (
 )
 
 
+def missing_layer_error(layer: str, layers) -> ValueError:
+    """The error for a query without ``layers[layer]``, where a model reads its counts.
+
+    Examples
+    --------
+    >>> "layer='X'" in str(missing_layer_error("counts", []))
+    True
+    """
+    return ValueError(
+        f"This model reads its counts from layers[{layer!r}], which the query lacks (layers: {list(layers)}). "
+        "`scrobust.tl.annotate(adata, model=model, layer='X')` reads them from adata.X (command line: `predict` "
+        "or `annotate --layer X`), or from another layer named by `layer=`; otherwise (`tl.embed`, the model's "
+        f"methods, `reference=`) put them in that layer first: `adata.layers[{layer!r}] = adata.X`."
+    )
+
+
 @dataclass
 class GeneAlignment:
     """What matching a query's genes to a model's vocabulary found."""

@@ -25,7 +25,7 @@ from scvi.model._utils import use_distributed_sampler
 from scvi.model.base import BaseModelClass
 
 from scrobust_sc._constants import GENE_SELECTIONS, UNKNOWN_LABEL
-from scrobust_sc.data._alignment import align_to_genes, query_gene_names
+from scrobust_sc.data._alignment import align_to_genes, missing_layer_error, query_gene_names
 from scrobust_sc.data._atac import (
     ATAC_VALUES,
     MODALITIES,
@@ -663,13 +663,7 @@ class SCRobust(BaseModelClass):
         """
         layer = self._setup_args.get("layer")
         if layer is not None and layer not in adata.layers:
-            raise ValueError(
-                f"This model reads its counts from layers[{layer!r}], which the query lacks (layers: "
-                f"{list(adata.layers.keys())}). `scrobust.tl.annotate(adata, model=model, layer='X')` reads them "
-                "from adata.X (command line: `predict` or `annotate --layer X`), or from another layer named by "
-                "`layer=`; otherwise (`tl.embed`, the model's methods, `reference=`) put them in that layer first: "
-                f"`adata.layers[{layer!r}] = adata.X`."
-            )
+            raise missing_layer_error(layer, adata.layers.keys())
         symbols = gene_symbols  # a column named here must exist (refused by name otherwise)
         if symbols is None and self._setup_args.get("gene_symbols") in adata.var.columns:
             symbols = self._setup_args["gene_symbols"]  # the set-up's column, where the query has it

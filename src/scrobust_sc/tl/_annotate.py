@@ -12,7 +12,7 @@ from scipy import sparse
 from scvi.data._constants import _SETUP_ARGS_KEY
 
 from scrobust_sc._constants import DEFAULT_KEY, EMBEDDING_KEY, MISSING_AS_TEXT, UNKNOWN_LABEL
-from scrobust_sc.data._alignment import align_to_genes, query_gene_names
+from scrobust_sc.data._alignment import align_to_genes, missing_layer_error, query_gene_names
 from scrobust_sc.data._memory import matrix_in_memory
 from scrobust_sc.data._peaks import peak_names
 from scrobust_sc.data._validation import check_finite_nonnegative, detect_input_kind
@@ -177,11 +177,7 @@ def _query_in_models_layer(adata: ad.AnnData, model, layer: str | None) -> ad.An
     """
     registered = model.registry_[_SETUP_ARGS_KEY].get("layer")
     if layer is None and registered is not None and registered not in adata.layers:
-        raise ValueError(
-            f"The model reads its counts from layers[{registered!r}], which this query lacks (layers: "
-            f"{list(adata.layers.keys())}). Pass the query's layer of raw counts with `layer=`; `layer='X'` "
-            "reads its counts from adata.X (command line: `predict` or `annotate --layer X`)."
-        )
+        raise missing_layer_error(registered, adata.layers.keys())  # also for a backed query, read in chunks
     if layer is None or layer == registered or (layer == X_LAYER and registered is None):
         return adata
     if adata.isbacked:  # streamed from the file: the model's layer, or X where the file lacks that layer
@@ -610,8 +606,6 @@ def annotate(
         if labels_key is None:
             raise ValueError("Pass labels_key= (with or without reference=), or a trained model=.")
         source = reference if reference is not None else adata
-        if layer == X_LAYER and X_LAYER not in source.layers:
-            layer = None  # "X" reads X, here as with a model
         if reference is None and gene_symbols is not None:
             setup_kwargs = {"gene_symbols": gene_symbols, **(setup_kwargs or {})}
         unlabelled = adata if pretrain_on_query else None
